@@ -1,0 +1,323 @@
+"""The ``zoo`` command: parse, call the library, print. Nothing else lives here.
+
+Exit codes: 0 success, 2 bad usage or unknown name, 1 any other failure, 130
+interrupted. Errors are one line on stderr; ``--json`` puts exactly one JSON
+document on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from zoo import api, registry
+from zoo.config import parse_assignments
+from zoo.errors import UsageError, ZooError
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _quiet_jax_logs() -> None:
+    """JAX and Orbax log INFO chatter through absl; a CLI user wants results and errors."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.WARNING)
+    except ImportError:
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="flax-zoo", prog_name="zoo")
+def cli() -> None:
+    """flax-zoo: pretrained JAX/Flax models by name, and one training loop for all of them."""
+
+
+# --------------------------------------------------------------------------- list / info
+
+
+@cli.command("list")
+@click.argument("pattern", required=False)
+@click.option("--pretrained", is_flag=True, help="Only pretrained checkpoints.")
+@click.option("--plugin", "plugin_name", metavar="NAME", help="Only this plugin's entries.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_command(pattern: str | None, pretrained: bool, plugin_name: str | None, as_json: bool) -> None:
+    """List plugins and pretrained models (PATTERN: fnmatch, e.g. 'vae*')."""
+    models = api.list_models(pattern, pretrained=pretrained, plugin=plugin_name)
+    if as_json:
+        _emit_json([m.to_dict() for m in models])
+        return
+    if not models:
+        click.echo("no models match", err=True)
+        return
+    width = max(len(m.name) for m in models)
+    for m in models:
+        if m.status != "ok":
+            text = "BROKEN (run `zoo doctor`)" if m.kind == "plugin" else m.status
+        else:
+            metrics = ", ".join(f"{k} {v:.4g}" for k, v in m.details.get("metrics", {}).items())
+            text = m.summary + (f"  [{metrics}]" if metrics else "")
+        click.echo(f"{m.name:<{width}}  {m.kind:<10}  {text}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(name: str, as_json: bool) -> None:
+    """Show a pretrained model's card or a plugin's variants."""
+    model = api.info(name)
+    if as_json:
+        _emit_json(model.to_dict())
+        return
+    click.echo(f"{model.name} ({model.kind}, plugin {model.plugin})")
+    click.echo(f"  {model.summary}" if model.summary else "")
+    if model.status != "ok":
+        click.echo(f"  status: {model.status}")
+    for key, value in model.details.items():
+        if key in ("name", "summary", "description"):
+            continue
+        if isinstance(value, dict) and value:
+            click.echo(f"  {key}:")
+            for k, v in value.items():
+                click.echo(f"    {k}: {v}")
+        else:
+            click.echo(f"  {key}: {value}")
+
+
+# --------------------------------------------------------------------------- train
+
+
+@cli.command()
+@click.argument("plugin")
+@click.option("--variant", help="Named preset of the model config (default: the plugin's first).")
+@click.option("--dataset", help="Dataset to train on (default: the plugin's first).")
+@click.option("--steps", type=click.IntRange(min=1), help="Total steps (a resumed run continues to this).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
+@click.option("--seed", type=int, help="Seed for initialisation, shuffling and sampling.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Run folder [runs/PLUGIN-VARIANT].")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), help="Save every N steps (and at the end).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Model config field, or train.FIELD.")
+@click.option("--mesh", metavar="AXIS=N[,AXIS=N]", help="Device mesh over data, fsdp, tensor [all on data].")
+@click.option("--init-from", metavar="NAME", help="Start from a pretrained model's weights.")
+@click.option("--coordinator", metavar="HOST:PORT", help="Multi-process: the coordinator's address.")
+@click.option("--num-processes", type=click.IntRange(min=1), help="Multi-process: how many processes.")
+@click.option("--process-id", type=click.IntRange(min=0), help="Multi-process: this process's index.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def train(plugin: str, settings: tuple[str, ...], coordinator, num_processes, process_id, as_json, quiet, **options) -> None:
+    """Train PLUGIN with the shared loop (resumes an existing --workdir)."""
+    from zoo import distributed
+
+    _quiet_jax_logs()
+    distributed.initialize(coordinator, num_processes, process_id)
+    named = {k: options.pop(k) for k in ("variant", "dataset", "workdir", "mesh", "init_from")}
+    train_options = {k: v for k, v in options.items() if v is not None}
+    result = api.train(plugin, settings=parse_assignments(settings), progress=not quiet, **named, **train_options)
+    if as_json:
+        _emit_json({k: result.to_json()[k] for k in ("step", "loss", "params_digest", "workdir")} | {"metrics": dict(result.metrics)})
+    else:
+        click.echo(f"trained {plugin} to step {result.step}: loss {result.loss:.4f} ({result.seconds:.1f}s); workdir {result.workdir}")
+
+
+# --------------------------------------------------------------------------- sample / eval / verify
+
+
+def _write_samples(samples: Any, out: Path | None) -> None:
+    import numpy as np
+
+    from zoo import images
+    from zoo.download import atomic_write_bytes
+
+    if isinstance(samples, list):  # texts
+        text = "\n\n".join(samples) + "\n"
+        if out is None:
+            click.echo(text, nl=False)
+        else:
+            atomic_write_bytes(out, text.encode())
+            click.echo(f"wrote {len(samples)} samples to {out}", err=True)
+        return
+    samples = np.asarray(samples)
+    if out is None:
+        for image in samples[:3]:
+            click.echo(images.ascii_preview(image) + "\n")
+        click.echo(f"{len(samples)} images {samples.shape[1:]}; write them with --out FILE.png (or .npy)", err=True)
+        return
+    if out.suffix.lower() == ".png":
+        images.save_grid(samples, out)
+    elif out.suffix.lower() == ".npy":
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, samples, allow_pickle=False)
+        atomic_write_bytes(out, buffer.getvalue())
+    else:
+        raise UsageError(f"--out must end in .png or .npy for images; got {out.name}")
+    click.echo(f"wrote {len(samples)} samples to {out}", err=True)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--n", "n", type=click.IntRange(min=1), default=16, show_default=True, help="How many samples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="PNG grid / .npy for images, text file for texts.")
+@click.option("--prompt", help="Text to continue (language models).")
+@click.option("--option", "sample_options", multiple=True, metavar="KEY=VALUE", help="Plugin sample option, e.g. mode=interpolate.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a config field.")
+def sample(name: str, n: int, seed: int, out: Path | None, prompt: str | None, sample_options, settings) -> None:
+    """Sample from a pretrained model NAME or a training WORKDIR."""
+    _quiet_jax_logs()
+    options: dict[str, Any] = dict(parse_assignments(sample_options))
+    for key, value in options.items():
+        if value.lstrip("-").isdigit():
+            options[key] = int(value)
+    if prompt is not None:
+        options["prompt"] = prompt
+    model = api.load(name, **parse_assignments(settings))
+    _write_samples(model.sample(n, seed=seed, **options), out)
+
+
+@cli.command("eval")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def eval_command(name: str, as_json: bool) -> None:
+    """Evaluate a pretrained model NAME or a training WORKDIR on its test split."""
+    _quiet_jax_logs()
+    metrics = api.load(name).evaluate()
+    if as_json:
+        _emit_json(metrics)
+    else:
+        for key, value in metrics.items():
+            click.echo(f"{key}: {value:.4f}")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every pretrained model in the catalogues.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def verify(names: tuple[str, ...], everything: bool, as_json: bool) -> None:
+    """Check checksums, then re-measure metrics against the card."""
+    _quiet_jax_logs()
+    if everything:
+        names = tuple(registry.catalog().entries)
+    if not names:
+        raise UsageError("name at least one pretrained model, or pass --all")
+    for name in names:
+        registry.get_pretrained(name)  # every name checked before the slow part
+    results = [api.verify(name) for name in names]
+    if as_json:
+        _emit_json([r.to_dict() for r in results])
+    else:
+        for r in results:
+            click.echo(f"{r.name}: {'ok' if r.ok else 'FAILED'}")
+            for line in r.checks:
+                click.echo(f"  {line}")
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("destination", type=click.Path(path_type=Path))
+def export(workdir: Path, destination: Path) -> None:
+    """Write WORKDIR's newest checkpoint as a shippable one; print its MANIFEST sha256."""
+    from zoo import pretrained
+
+    _quiet_jax_logs()
+    click.echo(pretrained.export(workdir, destination))
+
+
+# --------------------------------------------------------------------------- data / doctor
+
+
+@cli.group()
+def data() -> None:
+    """Datasets: fetch, verify and cache."""
+
+
+@data.command("fetch")
+@click.argument("dataset")
+def data_fetch(dataset: str) -> None:
+    """Fetch, verify and cache DATASET."""
+    from zoo import data as datasets
+
+    click.echo(f"{dataset}: cached in {datasets.fetch(dataset)}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def doctor(as_json: bool) -> None:
+    """Devices, versions and plugins (broken ones with their reasons)."""
+    from importlib import metadata
+
+    _quiet_jax_logs()
+    import jax
+
+    report = {
+        "python": sys.version.split()[0],
+        "versions": {},
+        "devices": [str(d) for d in jax.devices()],
+        "backend": jax.default_backend(),
+        "process": f"{jax.process_index()} of {jax.process_count()}",
+        "plugins": [
+            {"name": r.name, "distribution": r.distribution, "ok": r.ok, "error": r.error} for r in registry.records()
+        ],
+    }
+    for package in ("flax-zoo", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+        try:
+            report["versions"][package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            report["versions"][package] = None
+    try:
+        report["pretrained"] = len(registry.catalog().entries)
+    except ZooError as e:
+        report["catalogue_error"] = str(e)
+    if as_json:
+        _emit_json(report)
+        return
+    click.echo(f"python {report['python']}; " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+    click.echo(f"backend {report['backend']}: {len(report['devices'])} device(s), process {report['process']}")
+    for p in report["plugins"]:
+        state = "ok" if p["ok"] else f"BROKEN: {p['error']}"
+        click.echo(f"plugin {p['name']} ({p['distribution']}): {state}")
+    if "catalogue_error" in report:
+        click.echo(f"catalogue: BROKEN: {report['catalogue_error']}")
+    else:
+        click.echo(f"catalogue: {report['pretrained']} pretrained model(s)")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry: run the group, turning ZooErrors into one line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="zoo", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("zoo: interrupted", err=True)
+        sys.exit(130)
+    except ZooError as e:
+        click.echo(f"zoo: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("zoo: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

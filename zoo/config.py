@@ -1,0 +1,104 @@
+"""Model configs: a plugin's frozen dataclass, filled from a named variant and overrides.
+
+``--set latent_dim=16`` arrives as text; it is converted by the field's declared
+type, so a typo or a wrong type is a one-line usage error before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from zoo.errors import UnknownName, UsageError
+from zoo.plugin import Plugin
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _coerce(text: str, kind: Any, field: str) -> Any:
+    """Convert ``text`` to the declared type ``kind`` of ``field``."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(text, option, field)
+            except UsageError:
+                continue
+        raise UsageError(f"{field}: cannot read {text!r} as {kind}")
+    if origin is typing.Literal:
+        if text not in args:
+            raise UsageError(f"{field} must be one of {', '.join(map(str, args))}; got {text!r}")
+        return text
+    if origin is tuple:
+        parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+        element = args[0] if args else str
+        return tuple(_coerce(p.strip(), element, field) for p in parts)
+    try:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind in (int, float, str):
+            return kind(text)
+    except ValueError:
+        raise UsageError(f"{field} must be {kind.__name__}; got {text!r}") from None
+    raise UsageError(f"{field}: values of type {kind} cannot be set from the command line")
+
+
+def _coerce_value(value: Any, kind: Any, field: str) -> Any:
+    """Text is parsed; TOML/JSON values are checked lightly (lists become tuples)."""
+    if isinstance(value, str) and kind is not str:
+        return _coerce(value, kind, field)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def fill_dataclass(cls: type, base: Mapping[str, Any], overrides: Mapping[str, Any] | None, what: str) -> Any:
+    """``cls(**base, **overrides)`` with overrides checked against the fields and parsed by their types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    values = dict(base)
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise UnknownName(f"field of {what}", key, fields)
+        values[key] = _coerce_value(value, hints[key], key)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"invalid {what}: {e}") from None
+
+
+def make_config(plugin: Plugin, variant: str | None = None, overrides: Mapping[str, Any] | None = None) -> Any:
+    """The plugin's config dataclass for ``variant`` (default: the first) with ``overrides`` applied."""
+    variant = variant or plugin.default_variant
+    if variant not in plugin.variants:
+        raise UnknownName(f"variant of plugin {plugin.name!r}", variant, plugin.variants)
+    return fill_dataclass(plugin.resolve("config"), plugin.variants[variant], overrides, f"{plugin.name} config")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(plugin: Plugin, values: Mapping[str, Any]) -> Any:
+    """Rebuild a config saved with ``config_to_dict``."""
+    return fill_dataclass(plugin.resolve("config"), {}, values, f"saved {plugin.name} config")

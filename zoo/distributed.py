@@ -1,0 +1,37 @@
+"""Several processes, one program: ``jax.distributed`` set up before anything touches a device.
+
+Each process runs the same ``zoo train`` command with its own ``--process-id``;
+after ``initialize`` every process sees every device, the mesh spans them all, and
+each feeds its own slice of the global batch (``zoo.data.loader``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from zoo.errors import UsageError
+
+# Variables by which cluster launchers tell jax.distributed where it is.
+_CLUSTER_VARIABLES = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")
+
+
+def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """Join a multi-process run, from explicit flags or the cluster's environment; else nothing.
+
+    On CPU the collectives go through gloo (XLA has no other CPU implementation
+    for cross-process communication).
+    """
+    explicit = (coordinator, num_processes, process_id)
+    if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
+        raise UsageError("--coordinator, --num-processes and --process-id go together")
+    if coordinator is None and not any(v in os.environ for v in _CLUSTER_VARIABLES):
+        return
+    if coordinator is not None and process_id >= num_processes:
+        raise UsageError(f"--process-id {process_id} must be below --num-processes {num_processes}")
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator is None:
+        jax.distributed.initialize()  # the cluster environment says everything
+    else:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)

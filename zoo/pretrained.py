@@ -1,0 +1,190 @@
+"""Loading trained models by name or folder: verify, build abstractly, restore onto the devices.
+
+Three things can be loaded:
+
+- a catalogue name (``"vae-mnist"``): its checkpoint is verified against the
+  sha256 the catalogue pins (fetched first if remote);
+- a training workdir: the newest verified step, EMA weights if the run kept them;
+- an exported checkpoint folder (what ``export`` writes, with its ``meta``).
+
+Verification comes before any byte is restored, and the stored tree is compared
+with the model before Orbax sees it, so a corrupt or mismatched checkpoint is one
+clear error and nothing half-loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from zoo import checkpoint, registry
+from zoo.catalog import PretrainedEntry
+from zoo.config import config_from_dict, make_config
+from zoo.errors import UsageError, ZooError
+from zoo.plugin import Plugin
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready to use.
+
+    Attributes:
+      name: catalogue name or the folder it came from.
+      plugin: its plugin; config: its config dataclass; model: the ``nnx.Module``.
+      card: the catalogue entry (None for workdirs and folders).
+      checkpoint: the verified folder the weights came from.
+      dataset: the dataset it was trained on (evaluate uses its test split).
+    """
+
+    name: str
+    plugin: Plugin
+    config: Any
+    model: Any
+    card: PretrainedEntry | None
+    checkpoint: Path
+    dataset: str
+
+    def sample(self, n: int = 16, seed: int = 0, **options: Any) -> Any:
+        """``n`` samples: images ``(n, H, W, C)`` in [0, 1] or a list of texts (plugin-defined options)."""
+        import jax
+
+        if n < 1:
+            raise UsageError(f"n must be at least 1; got {n}")
+        return self.plugin.resolve("sample")(self.model, jax.random.key(seed), n, **options)
+
+    def evaluate(self, data: Mapping[str, Any] | None = None) -> dict[str, float]:
+        """The plugin's metrics on ``data`` (default: the test split of the training dataset)."""
+        from zoo import data as datasets
+
+        evaluate = self.plugin.resolve("evaluate")
+        arrays = data if data is not None else datasets.load(self.dataset, "test")
+        return {k: float(v) for k, v in evaluate(self.model, arrays).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """Where weights are and how to interpret them."""
+
+    name: str
+    plugin: Plugin
+    config: Any
+    folder: Path  # a verified checkpoint folder
+    item: str  # "model" or "ema"
+    dataset: str
+    card: PretrainedEntry | None = None
+
+
+def checkpoint_folder(entry: PretrainedEntry) -> Path:
+    """The verified local folder of a catalogue entry (fetched once if remote)."""
+    if entry.remote:
+        return checkpoint.fetch_remote(entry.checkpoint, entry.sha256, entry.name)
+    folder = entry.local_path
+    if not folder.is_dir():
+        raise ZooError(f"checkpoint of {entry.name} is missing: {folder} (named in {entry.source})")
+    checkpoint.verify(folder, entry.sha256)
+    return folder
+
+
+def _items(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.is_dir()}
+
+
+def _resolve(name_or_path: str | Path, overrides: Mapping[str, Any] | None) -> _Source:
+    path = Path(name_or_path)
+    looks_like_path = isinstance(name_or_path, Path) or "/" in str(name_or_path) or path.is_dir()
+    if not looks_like_path:
+        entry = registry.get_pretrained(str(name_or_path))
+        plugin = registry.get_plugin(entry.plugin)
+        folder = checkpoint_folder(entry)  # verified before the model is even built
+        config = make_config(plugin, entry.variant, {**entry.config, **(overrides or {})})
+        return _Source(entry.name, plugin, config, folder, "model", entry.dataset, entry)
+    if not path.is_dir():
+        raise UsageError(f"{name_or_path} is neither a pretrained model name nor a folder")
+    if (path / "checkpoints").is_dir():  # a training workdir
+        store = checkpoint.StepDirectory(path / "checkpoints")
+        step = store.latest()
+        if step is None:
+            raise ZooError(f"{path} has no complete checkpoint yet")
+        folder = store.path(step)
+    else:
+        folder = path
+        checkpoint.verify(folder)
+    meta = checkpoint.read_meta(folder)
+    try:
+        plugin = registry.get_plugin(meta["plugin"])
+        config = config_from_dict(plugin, {**meta["config"], **(overrides or {})})
+        dataset = meta["dataset"]
+    except KeyError as e:
+        raise ZooError(f"{folder}: checkpoint metadata lacks {e}") from None
+    item = "ema" if "ema" in _items(folder) else "model"
+    return _Source(str(name_or_path), plugin, config, folder, item, dataset)
+
+
+def _restore_model(source: _Source) -> Any:
+    from flax import nnx
+
+    from zoo import sharding, training
+
+    mesh = sharding.make_mesh()
+    build = lambda: source.plugin.resolve("build")(source.config, nnx.Rngs(0))  # noqa: E731
+    model_def = training.ModelDef.create(build, mesh, [nnx.Param])
+    target = sharding.abstract(model_def.abstract, model_def.shardings)
+    restored = checkpoint.restore(source.folder, {source.item: target})[source.item]
+    return model_def.merge(restored)
+
+
+def load(name_or_path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> LoadedModel:
+    """Load a pretrained model (catalogue name), a workdir, or a checkpoint folder.
+
+    ``overrides`` changes config fields (a mismatch with the stored shapes is an
+    error listing each differing parameter).
+    """
+    source = _resolve(name_or_path, overrides)
+    model = _restore_model(source)
+    return LoadedModel(source.name, source.plugin, source.config, model, source.card, source.folder, source.dataset)
+
+
+def load_variables(name: str) -> dict:
+    """The stored variables of a pretrained model, as a pure dict (for ``--init-from``)."""
+    import jax
+
+    from zoo import sharding
+
+    entry = registry.get_pretrained(name)
+    folder = checkpoint_folder(entry)
+    stored = checkpoint.stored_tree(folder, "model")
+    replicated = sharding.replicated(sharding.make_mesh())
+    target: dict = {}
+    for path, meta in stored.items():
+        node = target
+        *parents, leaf = path.split("/")
+        for part in parents:
+            node = node.setdefault(int(part) if part.isdigit() else part, {})
+        node[int(leaf) if leaf.isdigit() else leaf] = jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=replicated)
+    return checkpoint.restore(folder, {"model": target})["model"]
+
+
+def export(workdir: str | Path, destination: str | Path, *, metrics: Mapping[str, float] | None = None) -> str:
+    """Write the newest step of ``workdir`` as a shippable checkpoint (weights + meta only).
+
+    EMA weights are exported when the run kept them. Returns the sha256 of the new
+    MANIFEST.json, the value a catalogue pins.
+    """
+    source = _resolve(Path(workdir), None)
+    destination = Path(destination)
+    if destination.exists():
+        raise UsageError(f"{destination} exists; refusing to overwrite")
+    model = _restore_model(source)
+    from flax import nnx
+
+    meta = checkpoint.read_meta(source.folder)
+    meta = {k: meta[k] for k in ("plugin", "variant", "config", "dataset", "train", "step") if k in meta}
+    if metrics:
+        meta["eval"] = dict(metrics)
+    meta["weights"] = source.item
+    digest = checkpoint.save(destination, {"model": nnx.to_pure_dict(nnx.state(model))}, meta)
+    assert digest is not None
+    return digest
+

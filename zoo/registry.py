@@ -1,0 +1,166 @@
+"""Discovery: plugins from the ``zoo.plugins`` entry-point group, pretrained models from catalogues.
+
+Everything here is light (no jax) and lazy: nothing is scanned before it is asked
+for, and each plugin is isolated. A plugin that fails to import, targets another
+API major, is malformed, or shares its name with another distribution's plugin is
+recorded as broken with its reason; every other plugin keeps working.
+
+The plugins shipped in the ``flax-zoo`` distribution are the built-ins; they load
+through the same entry points as everyone else's. ``ZOO_DISABLE_PLUGIN_AUTOLOAD=1``
+loads only those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from zoo import env
+from zoo.catalog import Catalog, PretrainedEntry, load_catalog
+from zoo.errors import UnknownName, ZooError
+from zoo.plugin import Plugin
+
+GROUP = "zoo.plugins"
+BUILTIN_DISTRIBUTION = "flax-zoo"
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginRecord:
+    """One discovered plugin, healthy or broken.
+
+    Attributes:
+      name: the entry-point name.
+      distribution: the distribution that declares it.
+      target: the entry point's ``module:attribute``.
+      plugin: the loaded object, or None when broken.
+      error: why it is broken, or None.
+    """
+
+    name: str
+    distribution: str
+    target: str
+    plugin: Plugin | None = None
+    error: str | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_DISTRIBUTION
+
+    @property
+    def ok(self) -> bool:
+        return self.plugin is not None
+
+
+class BrokenPlugin(ZooError):
+    """The plugin exists but cannot be used; the message carries its reason."""
+
+
+def _load_entry_point(ep: metadata.EntryPoint, distribution: str) -> PluginRecord:
+    record = functools.partial(PluginRecord, ep.name, distribution, ep.value)
+    try:
+        obj = ep.load()
+    except Exception as e:  # noqa: BLE001 - any import failure is the plugin's, not ours
+        return record(error=f"import failed: {type(e).__name__}: {e}")
+    if not isinstance(obj, Plugin):
+        return record(error=f"{ep.value} is a {type(obj).__name__}, not a zoo.Plugin")
+    problems = obj.problems()
+    if obj.name != ep.name:
+        problems.insert(0, f"plugin names itself {obj.name!r} but is registered as {ep.name!r}")
+    if problems:
+        return record(error="; ".join(problems))
+    return record(plugin=obj)
+
+
+@functools.cache
+def records() -> tuple[PluginRecord, ...]:
+    """Every plugin found, healthy and broken, sorted by name."""
+    by_name: dict[str, list[tuple[metadata.EntryPoint, str]]] = {}
+    seen: set[tuple[str, str, str]] = set()
+    for dist in metadata.distributions():
+        dist_name = dist.metadata["Name"] or "?"
+        if env.plugin_autoload_disabled() and dist_name != BUILTIN_DISTRIBUTION:
+            continue
+        for ep in dist.entry_points:
+            if ep.group != GROUP:
+                continue
+            key = (dist_name, ep.name, ep.value)  # one dist can appear twice on sys.path
+            if key not in seen:
+                seen.add(key)
+                by_name.setdefault(ep.name, []).append((ep, dist_name))
+    found = []
+    for name, claims in sorted(by_name.items()):
+        if len({dist for _, dist in claims}) > 1:
+            owners = " and ".join(f"{dist} ({ep.value})" for ep, dist in claims)
+            found.append(PluginRecord(name, claims[0][1], claims[0][0].value, error=f"name claimed by both {owners}"))
+        else:
+            found.append(_load_entry_point(*claims[0]))
+    return tuple(found)
+
+
+def plugins() -> dict[str, Plugin]:
+    """Healthy plugins by name."""
+    return {r.name: r.plugin for r in records() if r.plugin is not None}
+
+
+def get_plugin(name: str) -> Plugin:
+    """The healthy plugin called ``name``; UnknownName or BrokenPlugin otherwise."""
+    for r in records():
+        if r.name == name:
+            if r.plugin is None:
+                raise BrokenPlugin(f"plugin {name!r} is broken: {r.error}")
+            return r.plugin
+    raise UnknownName("plugin", name, [r.name for r in records()])
+
+
+def builtin_catalog_path() -> Path:
+    """The catalogue shipped with flax-zoo: inside the wheel, or at the source checkout's root."""
+    package = Path(__file__).resolve().parent
+    installed = package / "_shipped" / "registry.toml"
+    return installed if installed.exists() else package.parent / "registry.toml"
+
+
+def _plugin_catalog_path(record: PluginRecord) -> Path | None:
+    if record.plugin is None or not record.plugin.catalog:
+        return None
+    module = sys.modules.get(record.target.split(":")[0]) or importlib.import_module(record.target.split(":")[0])
+    return Path(module.__file__).resolve().parent / record.plugin.catalog
+
+
+@functools.cache
+def catalog() -> Catalog:
+    """Pretrained entries from the built-in catalogue, plugin catalogues and ``ZOO_REGISTRY``.
+
+    A name defined twice is an error naming both files. Entries whose plugin is
+    unknown or broken are kept (``zoo list`` shows them) and fail when loaded.
+    """
+    paths = [builtin_catalog_path()]
+    paths += [p for r in records() if (p := _plugin_catalog_path(r)) is not None]
+    paths += env.extra_catalogs()
+    entries: dict[str, PretrainedEntry] = {}
+    for path in paths:
+        if path == paths[0] and not path.exists():
+            continue  # a core without shipped weights is still a zoo
+        for entry in load_catalog(path):
+            if entry.name in entries:
+                raise ZooError(
+                    f"pretrained model {entry.name!r} is defined in both {entries[entry.name].source} and {entry.source}"
+                )
+            entries[entry.name] = entry
+    return Catalog(entries)
+
+
+def get_pretrained(name: str) -> PretrainedEntry:
+    entries = catalog().entries
+    if name not in entries:
+        raise UnknownName("pretrained model", name, entries)
+    return entries[name]
+
+
+def reset() -> None:
+    """Forget what was discovered (tests install and remove plugins)."""
+    records.cache_clear()
+    catalog.cache_clear()
