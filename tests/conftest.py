@@ -70,8 +70,4 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def tiny_mnist() -> dict[str, np.ndarray]:
     """256 random 28x28 'digits' with MNIST's keys, shapes and dtypes."""
-    rng = np.random.default_rng(0)
-    return {
-        "image": rng.integers(0, 256, (256, 28, 28, 1), dtype=np.uint8),
-        "label": rng.integers(0, 10, 256).astype(np.int32),
-    }
+    return zoo.data.synthetic("mnist", 256)

@@ -107,9 +107,12 @@ def _split_settings(config_cls: type, train_cls: type, settings: Mapping[str, An
     config if it has that field, else to the training config.
     """
     model_fields = {f.name for f in dataclasses.fields(config_cls)}
+    train_fields = {f.name for f in dataclasses.fields(train_cls)}
     model, train = {}, {}
     for key, value in settings.items():
         scope, _, field = key.rpartition(".")
+        if not scope and field not in model_fields | train_fields:  # a typo: suggest from both configs
+            raise UnknownName("config field", field, model_fields | train_fields)
         if scope == "train" or (not scope and field not in model_fields):
             train[field] = value
         elif scope in ("", "model"):

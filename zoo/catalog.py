@@ -83,8 +83,9 @@ class PretrainedEntry:
         return DEFAULT_TOLERANCE * max(1.0, abs(self.metrics[metric]))
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self) | {"config": dict(self.config), "metrics": dict(self.metrics)}
-        out["tolerance"] = dict(self.tolerance)
+        # not dataclasses.asdict: it deep-copies, and a MappingProxyType cannot be copied
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out |= {"config": dict(self.config), "metrics": dict(self.metrics), "tolerance": dict(self.tolerance)}
         out["source"] = str(self.source)
         return out
 
@@ -103,18 +104,24 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_finite_number(x: Any) -> bool:
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(float(x))  # TOML integers are unbounded; float() of a huge one overflows
+    except OverflowError:
+        return False
+
+
 def _is_number_table(v: Any) -> bool:
-    return isinstance(v, dict) and all(
-        isinstance(k, str) and isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-        for k, x in v.items()
-    )
+    return isinstance(v, dict) and all(isinstance(k, str) and _is_finite_number(x) for k, x in v.items())
 
 
 _REQUIRED = {
     "plugin": (_is_str, "a non-empty string"),
     "dataset": (_is_str, "a non-empty string"),
     "checkpoint": (_is_str, "a non-empty string"),
-    "sha256": (lambda v: isinstance(v, str) and SHA256.match(v) is not None, "64 lowercase hex digits"),
+    "sha256": (lambda v: isinstance(v, str) and SHA256.fullmatch(v) is not None, "64 lowercase hex digits"),
     "metrics": (_is_number_table, "a table of finite numbers"),
     "recipe": (_is_str, "a non-empty string"),
     "seed": (_is_int, "an integer"),
@@ -145,14 +152,14 @@ def _checkpoint_problem(checkpoint: str, folder: Path) -> str | None:
     try:  # a symlink inside the folder may still point out of it
         resolved = (folder / relative).resolve()
         resolved.relative_to(folder.resolve())
-    except (ValueError, OSError):
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
         return f"checkpoint path {checkpoint!r} escapes the catalogue's folder"
     return None
 
 
 def _entry(name: str, table: Any, path: Path) -> PretrainedEntry:
     where = f"{path}: [models.{name}]"
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise CatalogError(f"{path}: model name {name!r} must match {NAME.pattern}")
     if not isinstance(table, dict):
         raise CatalogError(f"{where} must be a table")
@@ -196,7 +203,10 @@ def parse_catalog(text: str, path: Path) -> list[PretrainedEntry]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise CatalogError(f"{path}: invalid TOML: {e}") from None
-    if data.get("schema") != SCHEMA:
+    except RecursionError:
+        raise CatalogError(f"{path}: invalid TOML: nested too deeply") from None
+    schema = data.get("schema")
+    if type(schema) is not int or schema != SCHEMA:  # not True, not 1.0
         raise CatalogError(f"{path}: 'schema = {SCHEMA}' is required (found {data.get('schema')!r})")
     if unknown := sorted(set(data) - {"schema", "models"}):
         raise CatalogError(f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}")

@@ -44,7 +44,9 @@ class CheckpointError(ZooError):
 
 
 def _files(directory: Path) -> list[str]:
-    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    # Only the top-level MANIFEST is exempt: a file of that name deeper down is data like any other.
+    names = (p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    return sorted(name for name in names if name != MANIFEST)
 
 
 def write_manifest(directory: Path) -> str:
@@ -316,6 +318,7 @@ def fetch_remote(url: str, sha256: str, name: str) -> Path:
     with tempfile.TemporaryDirectory(dir=cache.parent, prefix=".fetch-") as tmp:
         archive = download(url, Path(tmp) / "checkpoint.zip", what=f"checkpoint {name}")
         unpacked = Path(tmp) / "unpacked"
+        unpacked.mkdir()  # an archive with no members creates nothing; it must still fail verification
         try:
             _safe_extract(archive, unpacked)
         except zipfile.BadZipFile:
@@ -323,5 +326,10 @@ def fetch_remote(url: str, sha256: str, name: str) -> Path:
         roots = [p for p in unpacked.iterdir()]
         folder = roots[0] if len(roots) == 1 and roots[0].is_dir() and not (unpacked / MANIFEST).exists() else unpacked
         verify(folder, sha256)
-        os.replace(folder, cache)
+        try:
+            os.replace(folder, cache)
+        except OSError:
+            if not cache.is_dir():
+                raise
+            verify(cache, sha256)  # another process (a worker of the same job) fetched it first
     return cache

@@ -76,7 +76,13 @@ def info(name: str, as_json: bool) -> None:
     model = api.info(name)
     if as_json:
         _emit_json(model.to_dict())
-        return
+    else:
+        _print_info(model)
+    if model.status != "ok":  # shown above; still a failure for scripts and users
+        raise ZooError(f"{model.kind} {model.name!r} is {model.status}")
+
+
+def _print_info(model: api.ModelInfo) -> None:
     click.echo(f"{model.name} ({model.kind}, plugin {model.plugin})")
     click.echo(f"  {model.summary}" if model.summary else "")
     if model.status != "ok":

@@ -41,9 +41,10 @@ def _coerce(text: str, kind: Any, field: str) -> Any:
                 continue
         raise UsageError(f"{field}: cannot read {text!r} as {kind}")
     if origin is typing.Literal:
-        if text not in args:
-            raise UsageError(f"{field} must be one of {', '.join(map(str, args))}; got {text!r}")
-        return text
+        for choice in args:  # Literal[1, 2] is set as "1": match the text of each choice
+            if str(choice) == text:
+                return choice
+        raise UsageError(f"{field} must be one of {', '.join(map(str, args))}; got {text!r}")
     if origin is tuple:
         parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
         element = args[0] if args else str

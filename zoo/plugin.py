@@ -111,6 +111,8 @@ class Plugin:
             not isinstance(self.metric, tuple | list) or len(self.metric) != 2 or self.metric[1] not in ("min", "max")
         ):
             found.append("metric must be (name, 'min' | 'max')")
+        if self.catalog is not None and (not isinstance(self.catalog, str) or not self.catalog):
+            found.append("catalog must be a path (a string) relative to the plugin's module")
         return found
 
     @property

@@ -72,6 +72,11 @@ def _load_entry_point(ep: metadata.EntryPoint, distribution: str) -> PluginRecor
         problems.insert(0, f"plugin names itself {obj.name!r} but is registered as {ep.name!r}")
     if problems:
         return record(error="; ".join(problems))
+    if obj.catalog is not None:  # its own catalogue is part of the plugin: a bad one breaks it, not the zoo
+        try:
+            load_catalog(_plugin_catalog_path(record(plugin=obj)))
+        except ZooError as e:
+            return record(error=f"its catalogue is unusable: {e}")
     return record(plugin=obj)
 
 

@@ -33,6 +33,7 @@ class Dataset:
     fetch: Callable[[], Path]  # fetch, verify and cache; returns the cache folder
     load: Callable[[str], dict[str, np.ndarray]]  # verified arrays of one split
     is_cached: Callable[[], bool]  # cheap presence check, no hashing
+    synthetic: Callable[[int, int], dict[str, np.ndarray]]  # (n, seed) -> random arrays shaped like load's
 
 
 def names() -> list[str]:
@@ -73,3 +74,8 @@ def load(name: str, split: str = "train") -> dict[str, np.ndarray]:
             )
         dataset.fetch()
     return dataset.load(split)
+
+
+def synthetic(name: str, n: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
+    """``n`` random examples with the keys, shapes and dtypes ``load(name)`` returns (for fast tests)."""
+    return _dataset(name).synthetic(n, seed)

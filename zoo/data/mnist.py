@@ -365,4 +365,13 @@ def fetch(cache_dir: Path | None = None, *, mirrors: Sequence[str] = MIRRORS, pi
     raise ZooError(f"could not fetch MNIST into {cache}; " + ("; ".join(failures) or "no sources configured"))
 
 
-DATASET = Dataset(splits=tuple(SPLIT_FILES), fetch=fetch, load=load, is_cached=is_cached)
+def synthetic(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``n`` random images and labels with the real data's keys, shapes and dtypes."""
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+        "label": rng.integers(0, 10, n).astype(np.int32),
+    }
+
+
+DATASET = Dataset(splits=tuple(SPLIT_FILES), fetch=fetch, load=load, is_cached=is_cached, synthetic=synthetic)
