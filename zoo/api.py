@@ -90,11 +90,12 @@ def info(name: str) -> ModelInfo:
 
 def build(plugin: str, variant: str | None = None, *, seed: int = 0, **overrides: Any) -> Any:
     """A freshly initialised ``nnx.Module`` of ``plugin`` (single device, unsharded)."""
+    p = registry.get_plugin(plugin)  # an unknown name fails before jax is imported
+
     from flax import nnx
 
     from zoo.config import make_config
 
-    p = registry.get_plugin(plugin)
     config = make_config(p, variant, overrides)
     with nnx.use_eager_sharding(False):
         return p.resolve("build")(config, nnx.Rngs(seed))

@@ -30,7 +30,7 @@ from typing import Any
 
 from zoo import env
 from zoo.download import download, sha256_file
-from zoo.errors import IntegrityError, ZooError
+from zoo.errors import IntegrityError, OfflineError, ZooError
 
 MANIFEST = "MANIFEST.json"
 log = logging.getLogger(__name__)
@@ -74,8 +74,9 @@ def verify(directory: Path, expected_sha256: str | None = None) -> None:
     if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise IntegrityError(f"{manifest_path} does not match the sha256 pinned in the catalogue")
     try:
-        listed = json.loads(data)["files"]
-        assert isinstance(listed, dict)
+        manifest = json.loads(data)
+        listed = manifest["files"]
+        assert manifest["format"] == 1 and isinstance(listed, dict)
     except (ValueError, KeyError, TypeError, AssertionError):
         raise IntegrityError(f"{manifest_path} is not a valid manifest") from None
     present = set(_files(directory))
@@ -241,20 +242,26 @@ class StepDirectory:
     def path(self, step: int) -> Path:
         return self.root / str(step)
 
-    def steps(self, warn: bool = True) -> list[int]:
-        """Steps whose folders verify, ascending."""
-        good = []
+    def _problem(self, child: Path) -> str | None:
+        """Why ``child`` is not a trustworthy step, or None."""
+        if not child.name.isdigit():
+            return "not a step folder (an interrupted save leaves these)"
+        try:
+            verify(child)
+        except ZooError as e:
+            return str(e)
+        return None
+
+    def _numbered(self) -> list[Path]:
         if not self.root.is_dir():
-            return good
-        for child in sorted(self.root.iterdir()):
-            reason = None
-            if not child.name.isdigit():
-                reason = "not a step folder (an interrupted save leaves these)"
-            else:
-                try:
-                    verify(child)
-                except ZooError as e:
-                    reason = str(e)
+            return []
+        return sorted((c for c in self.root.iterdir() if c.name.isdigit()), key=lambda c: int(c.name))
+
+    def steps(self, warn: bool = True) -> list[int]:
+        """Steps whose folders verify, ascending (hashes every step: for listings, not hot paths)."""
+        good = []
+        for child in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            reason = self._problem(child)
             if reason is None:
                 good.append(int(child.name))
             elif warn:
@@ -262,8 +269,13 @@ class StepDirectory:
         return sorted(good)
 
     def latest(self) -> int | None:
-        steps = self.steps()
-        return steps[-1] if steps else None
+        """The newest step that verifies; only steps newer than it are hashed and, if bad, warned about."""
+        for child in reversed(self._numbered()):
+            reason = self._problem(child)
+            if reason is None:
+                return int(child.name)
+            log.warning("ignoring %s: %s", child, reason)
+        return None
 
     def save(self, step: int, items: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         path = self.path(step)
@@ -276,7 +288,8 @@ class StepDirectory:
 
     def prune(self, keep: int, metric: tuple[str, str] | None = None) -> None:
         """Keep the newest ``keep`` steps, and the best by ``metric`` (name, "min"|"max") if given."""
-        steps = self.steps(warn=False)
+        # Sealed steps only; no re-hashing: pruning deletes, it never trusts.
+        steps = [int(c.name) for c in self._numbered() if (c / MANIFEST).is_file()]
         kept = set(steps[-keep:]) if keep > 0 else set()
         if metric is not None:
             name, mode = metric
@@ -313,7 +326,7 @@ def fetch_remote(url: str, sha256: str, name: str) -> Path:
         verify(cache, sha256)
         return cache
     if env.offline():
-        raise ZooError(f"{name} is not cached and ZOO_OFFLINE=1; fetch {url} (run `zoo sample {name}` once online)")
+        raise OfflineError(f"{name} is not cached and ZOO_OFFLINE=1; fetch {url} (run `zoo sample {name}` once online)")
     cache.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache.parent, prefix=".fetch-") as tmp:
         archive = download(url, Path(tmp) / "checkpoint.zip", what=f"checkpoint {name}")

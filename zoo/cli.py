@@ -308,8 +308,12 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="zoo", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.UsageError as e:  # one line, with where to look, instead of click's three
+        command = e.ctx.command_path if e.ctx else "zoo"
+        click.echo(f"zoo: error: {e.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"zoo: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("zoo: interrupted", err=True)

@@ -93,8 +93,10 @@ def _items(folder: Path) -> set[str]:
 
 def _resolve(name_or_path: str | Path, overrides: Mapping[str, Any] | None) -> _Source:
     path = Path(name_or_path)
-    looks_like_path = isinstance(name_or_path, Path) or "/" in str(name_or_path) or path.is_dir()
-    if not looks_like_path:
+    # A catalogue name wins over a same-named folder in the working directory, so a
+    # stray ./vae-mnist can never stand in for the pinned checkpoint; "./x" forces a folder.
+    explicit_path = isinstance(name_or_path, Path) or "/" in str(name_or_path) or str(name_or_path).startswith(".")
+    if not explicit_path and (str(name_or_path) in registry.catalog().entries or not path.is_dir()):
         entry = registry.get_pretrained(str(name_or_path))
         plugin = registry.get_plugin(entry.plugin)
         folder = checkpoint_folder(entry)  # verified before the model is even built

@@ -64,7 +64,7 @@ def _load_entry_point(ep: metadata.EntryPoint, distribution: str) -> PluginRecor
     try:
         obj = ep.load()
     except Exception as e:  # noqa: BLE001 - any import failure is the plugin's, not ours
-        return record(error=f"import failed: {type(e).__name__}: {e}")
+        return record(error=" ".join(f"import failed: {type(e).__name__}: {e}".split()))  # one line
     if not isinstance(obj, Plugin):
         return record(error=f"{ep.value} is a {type(obj).__name__}, not a zoo.Plugin")
     problems = obj.problems()
