@@ -31,7 +31,35 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    _native_stdout_to_stderr()
     if coordinator is None:
         jax.distributed.initialize()  # the cluster environment says everything
     else:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def _native_stdout_to_stderr() -> None:
+    """Send what native code prints on file descriptor 1 to stderr; keep ``sys.stdout`` on the real stdout.
+
+    Gloo prints "[Gloo] Rank 0 is connected to 3 peer ranks..." with std::cout
+    whenever it sets up a communicator (lazily, at the first collectives of a
+    program), with no switch to turn it off. That broke ``zoo train --json``,
+    whose stdout must hold exactly one JSON document. Python's own output
+    (click, print) still goes to the original stdout.
+    """
+    import io
+    import sys
+
+    try:
+        sys.stdout.flush()
+        real_stdout = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, AttributeError, ValueError):  # no real descriptors (embedded, captured): leave as is
+        return
+    previous = sys.stdout
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(real_stdout, "w"),
+        encoding=getattr(previous, "encoding", None) or "utf-8",
+        errors=getattr(previous, "errors", None) or "strict",
+        line_buffering=True,
+    )

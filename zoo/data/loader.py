@@ -106,6 +106,8 @@ class Prefetcher:
 
     Yields ``(device_batch, loader_state_after)``: the state to checkpoint once
     that batch has been consumed, so a resume never skips or repeats a batch.
+    ``depth=0`` runs the loader inline in the caller's thread instead (no thread,
+    no queue): cheaper where there is nothing to overlap, as on CPU.
     """
 
     _DONE = object()
@@ -113,6 +115,9 @@ class Prefetcher:
     def __init__(self, loader: ArrayLoader, put: Callable[[Batch], Any], depth: int = 2):
         self._loader = loader
         self._put = put
+        self._thread = None
+        if depth == 0:
+            return
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zoo-prefetch", daemon=True)
@@ -135,11 +140,15 @@ class Prefetcher:
         return self
 
     def __next__(self) -> tuple[Any, dict[str, int]]:
+        if self._thread is None:
+            return self._put(next(self._loader)), self._loader.state()
         batch, state = self._queue.get()
         if batch is self._DONE:
             raise state
         return batch, state
 
     def close(self) -> None:
+        if self._thread is None:
+            return
         self._stop.set()
         self._thread.join(timeout=5)
