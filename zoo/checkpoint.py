@@ -129,7 +129,8 @@ def params_digest(tree: Any) -> str:
     """sha256 over every leaf's path, dtype, shape and bytes, in sorted path order.
 
     Two runs with the same digest have bitwise-identical parameters. Works on
-    arrays sharded over several processes (they are gathered first).
+    arrays sharded over several processes (they are gathered first). Runs on
+    different meshes agree to rounding, not bitwise: the reductions add in another order.
     """
     import jax
     import numpy as np
@@ -278,12 +279,13 @@ class StepDirectory:
         return None
 
     def save(self, step: int, items: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
-        path = self.path(step)
-        if path.exists():  # a stale, unverified folder of the same step from a killed run
-            import jax
+        import jax
+        from jax.experimental import multihost_utils
 
-            if jax.process_index() == 0:
-                shutil.rmtree(path)
+        path = self.path(step)
+        if path.exists() and jax.process_index() == 0:  # a stale, unsealed folder of a killed run
+            shutil.rmtree(path)
+        multihost_utils.sync_global_devices(f"zoo-clear-{path}")  # nobody writes before it is gone
         save(path, items, meta)
 
     def prune(self, keep: int, metric: tuple[str, str] | None = None) -> None:

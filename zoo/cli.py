@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("zoo: interrupted", err=True)
         sys.exit(130)
     except ZooError as e:
-        click.echo(f"zoo: error: {e}", err=True)
+        label = "zoo:" if e.exit_code == 130 else "zoo: error:"  # an interruption is not a failure
+        click.echo(f"{label} {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("zoo: interrupted", err=True)

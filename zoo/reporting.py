@@ -21,6 +21,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+@jax.jit
+def _stack(pending: list[dict]) -> dict:
+    """Step metrics ``[{name: array}, ...]`` (same names each step) -> ``{name: stacked array}``."""
+    return {k: jax.numpy.stack([m[k] for m in pending]) for k in pending[0]}
+
+
 def _format_seconds(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -53,8 +59,27 @@ class Reporter:
         self._tb = None
         if self.writer:
             workdir.mkdir(parents=True, exist_ok=True)
+            self._forget_after(workdir / "metrics.jsonl", start)
             self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
             self._tb = self._tensorboard(workdir / "tb")
+
+    @staticmethod
+    def _forget_after(path: Path, step: int) -> None:
+        """Drop records past ``step``: a killed run logged steps its resume will log again."""
+        if not path.exists():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by the kill
+        if len(kept) != len(lines):
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            tmp.replace(path)
 
     @staticmethod
     def _tensorboard(logdir: Path):
@@ -72,8 +97,13 @@ class Reporter:
 
     def flush(self, step: int) -> dict[str, float]:
         """Average the pending metrics (one device transfer), write and show them."""
-        fetched = jax.device_get(self.pending)
-        self.pending = []
+        pending, self.pending = self.pending, []
+        if pending and all(m.keys() == pending[0].keys() for m in pending):
+            # One jitted stack, then one transfer per metric: fetching each step's
+            # scalars separately cost about 7 us apiece (2 ms per 100 steps of 3 metrics).
+            fetched = [jax.device_get(_stack(pending))]
+        else:
+            fetched = jax.device_get(pending)
         keys = {k for m in fetched for k in m}
         means = {}
         for key in sorted(keys):

@@ -62,7 +62,8 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     """A ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all, every process's).
 
     Axes left out have size 1, except that with no axes at all every device goes
-    on ``data``. The sizes must multiply to the device count.
+    on ``data``. A mesh smaller than the device count uses the first devices (one
+    process only: a multi-process mesh spans every process's devices).
     """
     devices = list(devices if devices is not None else jax.devices())
     shape = dict(shape or {"data": len(devices)})
@@ -70,6 +71,8 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     if unknown:
         raise UsageError(f"unknown mesh axis {sorted(unknown)}; axes are {', '.join(MESH_AXES)}")
     sizes = tuple(shape.get(axis, 1) for axis in MESH_AXES)
+    if math.prod(sizes) < len(devices) and jax.process_count() == 1:
+        devices = devices[: math.prod(sizes)]  # an explicit smaller mesh: the first devices
     if math.prod(sizes) != len(devices):
         layout = ",".join(f"{a}={n}" for a, n in zip(MESH_AXES, sizes) if n > 1) or "1 device"
         raise UsageError(f"mesh {layout} needs {math.prod(sizes)} devices; there are {len(devices)}")
