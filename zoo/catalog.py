@@ -143,6 +143,8 @@ def _checkpoint_problem(checkpoint: str, folder: Path) -> str | None:
     if "://" in checkpoint:
         if not checkpoint.startswith(REMOTE_SCHEMES):
             return f"checkpoint URL must start with {' or '.join(REMOTE_SCHEMES)}"
+        if checkpoint.startswith("https://") and not checkpoint[len("https://") :].split("/")[0]:
+            return f"checkpoint URL {checkpoint!r} names no host"
         return None
     if "\x00" in checkpoint:
         return "checkpoint path contains a NUL byte"

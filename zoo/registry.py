@@ -145,6 +145,7 @@ def catalog() -> Catalog:
     paths = [builtin_catalog_path()]
     paths += [p for r in records() if (p := _plugin_catalog_path(r)) is not None]
     paths += env.extra_catalogs()
+    paths = list(dict.fromkeys(p.absolute() for p in paths))  # one file named twice is read once
     entries: dict[str, PretrainedEntry] = {}
     for path in paths:
         if path == paths[0] and not path.exists():

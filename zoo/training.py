@@ -641,10 +641,8 @@ def fit(run: Run, objective: Objective, *, loader: ArrayLoader | None = None) ->
     eval_data = run.data("test") if evaluate else None
 
     def model_for_eval() -> nnx.Module:
-        variables = model_def.combine(state.params, state.rest)
-        if state.ema is not None:
-            variables = model_def.combine([state.ema], state.rest)
-        return model_def.merge(variables)
+        trained = [state.ema] if state.ema is not None else state.params  # EMA weights when kept
+        return model_def.merge(model_def.combine(trained, state.rest))
 
     # ------------------------------------------------------------------ the loop
     step = int(state.step)
@@ -744,8 +742,8 @@ def _init_from(run: Run, model_def: ModelDef, variables: dict) -> dict:
 
     stored = pretrained.load_variables(run.init_from)
     fresh, old = _flat(variables), _flat(stored)
-    kept, replaced = [], []
-    for path, value in fresh.items():
+    kept, replaced, refused = [], [], []
+    for path, value in sorted(fresh.items()):
         name = "/".join(map(str, path))
         replaceable = any(name == p or name.startswith(p + "/") for p in run.plugin.replaceable)
         if path in old and old[path].shape == value.shape:
@@ -755,10 +753,12 @@ def _init_from(run: Run, model_def: ModelDef, variables: dict) -> dict:
             replaced.append(name)
         else:
             have = old[path].shape if path in old else "nothing"
-            raise UsageError(
-                f"--init-from {run.init_from}: {name} has shape {value.shape} in the model but {have} in the "
-                f"checkpoint, and plugin {run.plugin.name!r} does not declare it replaceable"
-            )
+            refused.append(f"  {name}: model {value.shape}, checkpoint {have}")
+    if refused:
+        raise UsageError(
+            f"--init-from {run.init_from}: plugin {run.plugin.name!r} does not declare these replaceable:\n"
+            + "\n".join(refused)
+        )
     if replaced:
         print(f"init-from {run.init_from}: restored {len(kept)} variables, re-initialised {', '.join(replaced)}", file=sys.stderr)
     return _unflat(fresh)

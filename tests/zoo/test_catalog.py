@@ -284,6 +284,11 @@ def test_other_url_schemes_rejected(cat_path, url):
     assert "https://" in message
 
 
+def test_https_url_without_a_host_rejected(cat_path):
+    message = parse_error(catalog_toml(entry_toml(checkpoint='"https:///x.zip"')), cat_path)
+    assert "names no host" in message
+
+
 # --------------------------------------------------------------------------- reading files
 
 

@@ -7,6 +7,7 @@ exactly as an installed package is.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -218,3 +219,10 @@ def test_pretrained_entry_of_a_missing_plugin_is_listed_as_broken(tmp_path, monk
     with pytest.raises(UnknownName) as e:
         registry.get_pretrained("fien")
     assert "did you mean 'fine'" in str(e.value)
+
+
+def test_a_catalogue_named_twice_is_read_once(tmp_path, monkeypatch):
+    extra = write_catalog(tmp_path / "extra.toml", entry_toml("twice"))
+    monkeypatch.setenv("ZOO_REGISTRY", os.pathsep.join([str(extra), str(tmp_path / "." / "extra.toml")]))
+    registry.reset()
+    assert "twice" in registry.catalog().entries
