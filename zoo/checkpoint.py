@@ -3,9 +3,10 @@
 A checkpoint is one folder::
 
     MANIFEST.json     {"format": 1, "files": {"model/...": "<sha256>", ...}}
-    meta/             JSON: plugin, variant, config, step, metrics, ...
-    model/            Orbax pytree: {"params": ..., "rest": ...} (pure nested dicts)
-    train/            (training checkpoints only) optimizer states, step, data position
+    meta/             JSON: plugin, variant, config, dataset, step, data position, eval, ...
+    model/            Orbax pytree: every model variable, one pure nested dict
+    ema/              (runs that keep an EMA) the same, with the averaged parameters
+    train/            (training checkpoints only) step, optimizer states, EMA, non-finite record
 
 The MANIFEST is written last, atomically, after Orbax has finished: a folder
 without one is incomplete and never trusted. A catalogue pins the MANIFEST's own
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo import env
-from zoo.download import download, sha256_file
+from zoo.download import atomic_write_bytes, download, sha256_file
 from zoo.errors import IntegrityError, OfflineError, ZooError
 
 MANIFEST = "MANIFEST.json"
@@ -54,9 +55,7 @@ def write_manifest(directory: Path) -> str:
     directory = Path(directory)
     manifest = {"format": 1, "files": {name: sha256_file(directory / name) for name in _files(directory)}}
     data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-    tmp = directory / f".{MANIFEST}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, directory / MANIFEST)
+    atomic_write_bytes(directory / MANIFEST, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -76,9 +75,11 @@ def verify(directory: Path, expected_sha256: str | None = None) -> None:
     try:
         manifest = json.loads(data)
         listed = manifest["files"]
-        assert manifest["format"] == 1 and isinstance(listed, dict)
-    except (ValueError, KeyError, TypeError, AssertionError):
-        raise IntegrityError(f"{manifest_path} is not a valid manifest") from None
+        valid = manifest["format"] == 1 and isinstance(listed, dict) and all(isinstance(v, str) for v in listed.values())
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise IntegrityError(f"{manifest_path} is not a valid manifest (format 1)")
     present = set(_files(directory))
     for name, digest in sorted(listed.items()):
         if name not in present:
@@ -207,15 +208,19 @@ def stored_tree(directory: Path, item: str) -> dict[str, Any]:
     return tree_paths(dict(metadata.tree))
 
 
-def restore(directory: Path, targets: Mapping[str, Any], expected_sha256: str | None = None) -> dict[str, Any]:
+def restore(
+    directory: Path, targets: Mapping[str, Any], expected_sha256: str | None = None, *, verified: bool = False
+) -> dict[str, Any]:
     """Verify, compare shapes, then restore ``targets`` (item -> abstract tree) from ``directory``.
 
     Targets are trees of ``jax.ShapeDtypeStruct`` carrying the shardings wanted now.
+    ``verified=True`` skips hashing a folder the caller has just verified.
     """
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
-    verify(directory, expected_sha256)
+    if not verified:
+        verify(directory, expected_sha256)
     for item, target in targets.items():
         compare_trees(target, stored_tree(directory, item), f"checkpoint {directory} ({item})")
     args = {item: ocp.args.StandardRestore(target) for item, target in targets.items()}

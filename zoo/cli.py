@@ -8,6 +8,7 @@ document on stdout.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -20,8 +21,19 @@ from zoo.config import parse_assignments
 from zoo.errors import UsageError, ZooError
 
 
+def _finite_or_none(value: Any) -> Any:
+    """NaN and infinities are not JSON: they go out as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
 def _emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
+    click.echo(json.dumps(_finite_or_none(value), indent=2, default=str, allow_nan=False))
 
 
 def _quiet_jax_logs() -> None:
@@ -151,6 +163,8 @@ def _write_samples(samples: Any, out: Path | None) -> None:
             click.echo(f"wrote {len(samples)} samples to {out}", err=True)
         return
     samples = np.asarray(samples)
+    if out is not None:
+        _check_image_suffix(out)
     if out is None:
         for image in samples[:3]:
             click.echo(images.ascii_preview(image) + "\n")
@@ -158,15 +172,18 @@ def _write_samples(samples: Any, out: Path | None) -> None:
         return
     if out.suffix.lower() == ".png":
         images.save_grid(samples, out)
-    elif out.suffix.lower() == ".npy":
+    else:
         import io
 
         buffer = io.BytesIO()
         np.save(buffer, samples, allow_pickle=False)
         atomic_write_bytes(out, buffer.getvalue())
-    else:
-        raise UsageError(f"--out must end in .png or .npy for images; got {out.name}")
     click.echo(f"wrote {len(samples)} samples to {out}", err=True)
+
+
+def _check_image_suffix(out: Path) -> None:
+    if out.suffix.lower() not in (".png", ".npy"):
+        raise UsageError(f"--out must end in .png or .npy for images; got {out.name}")
 
 
 @cli.command()
@@ -180,12 +197,11 @@ def _write_samples(samples: Any, out: Path | None) -> None:
 def sample(name: str, n: int, seed: int, out: Path | None, prompt: str | None, sample_options, settings) -> None:
     """Sample from a pretrained model NAME or a training WORKDIR."""
     _quiet_jax_logs()
-    options: dict[str, Any] = dict(parse_assignments(sample_options))
-    for key, value in options.items():
-        if value.lstrip("-").isdigit():
-            options[key] = int(value)
+    options: dict[str, Any] = dict(parse_assignments(sample_options))  # parsed by the plugin's annotations
     if prompt is not None:
         options["prompt"] = prompt
+    if out is not None and out.suffix.lower() not in (".txt", ".png", ".npy"):
+        raise UsageError(f"--out must end in .png or .npy (images) or .txt (texts); got {out.name}")
     model = api.load(name, **parse_assignments(settings))
     _write_samples(model.sample(n, seed=seed, **options), out)
 
@@ -322,6 +338,10 @@ def main(argv: list[str] | None = None) -> None:
         label = "zoo:" if e.exit_code == 130 else "zoo: error:"  # an interruption is not a failure
         click.echo(f"{label} {e}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:  # an unwritable --out or --workdir, a full disk, a missing folder
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"zoo: error: {where}{e.strerror or e}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("zoo: interrupted", err=True)
         sys.exit(130)

@@ -7,6 +7,7 @@ type, so a typo or a wrong type is a one-line usage error before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import types
 import typing
@@ -64,7 +65,8 @@ def _coerce(text: str, kind: Any, field: str) -> Any:
 
 
 def _coerce_value(value: Any, kind: Any, field: str) -> Any:
-    """Text is parsed; TOML/JSON values are checked lightly (lists become tuples)."""
+    """Text is parsed by the declared type; other values pass as given (lists become tuples),
+    and the config's own ``__post_init__`` is what checks them."""
     if isinstance(value, str) and kind is not str:
         return _coerce(value, kind, field)
     if isinstance(value, list):
@@ -103,3 +105,23 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def config_from_dict(plugin: Plugin, values: Mapping[str, Any]) -> Any:
     """Rebuild a config saved with ``config_to_dict``."""
     return fill_dataclass(plugin.resolve("config"), {}, values, f"saved {plugin.name} config")
+
+
+def call_options(fn: Any, given: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """Check ``given`` against ``fn``'s keyword options; text values are parsed by their annotations.
+
+    For plugin functions with options after their fixed arguments, such as
+    ``sample(model, key, n, *, mode="prior")``: an option it does not take is a
+    usage error naming the ones it does.
+    """
+    parameters = inspect.signature(fn).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    options = {n: p for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    hints = typing.get_type_hints(fn)
+    out = {}
+    for key, value in given.items():
+        if key not in options and not accepts_any:
+            raise UnknownName(what, key, options) if options else UsageError(f"{what}s: there are none; got {key!r}")
+        kind = hints.get(key, str)
+        out[key] = _coerce(value, kind, key) if isinstance(value, str) and kind is not str else value
+    return out

@@ -9,10 +9,29 @@ from __future__ import annotations
 
 import os
 
-from zoo.errors import UsageError
+from zoo.errors import UsageError, ZooError
 
-# Variables by which cluster launchers tell jax.distributed where it is.
-_CLUSTER_VARIABLES = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")
+
+
+def _launched_as_several_processes() -> bool:
+    """Whether a cluster launcher started this as one of several processes (which
+    ``jax.distributed.initialize()`` then configures from the same variables).
+
+    Being inside a SLURM allocation is not enough: a plain ``zoo train`` in an
+    interactive job is one process, and initialising would fail for want of peers.
+    """
+    env = os.environ
+
+    def count(name: str) -> int:
+        value = env.get(name, "")
+        return int(value) if value.isdigit() else 0
+
+    return (
+        (count("SLURM_NTASKS") > 1 and "SLURM_STEP_NODELIST" in env)  # an srun step of several tasks
+        or count("OMPI_COMM_WORLD_SIZE") > 1  # mpirun
+        or "," in env.get("TPU_WORKER_HOSTNAMES", "")  # a multi-host TPU slice
+        or "JAX_COORDINATOR_ADDRESS" in env  # configured by hand through JAX's own variables
+    )
 
 
 def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
@@ -24,7 +43,7 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
     explicit = (coordinator, num_processes, process_id)
     if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
         raise UsageError("--coordinator, --num-processes and --process-id go together")
-    if coordinator is None and not any(v in os.environ for v in _CLUSTER_VARIABLES):
+    if coordinator is None and not _launched_as_several_processes():
         return
     if coordinator is not None and process_id >= num_processes:
         raise UsageError(f"--process-id {process_id} must be below --num-processes {num_processes}")
@@ -32,10 +51,13 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     _native_stdout_to_stderr()
-    if coordinator is None:
-        jax.distributed.initialize()  # the cluster environment says everything
-    else:
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    try:
+        if coordinator is None:
+            jax.distributed.initialize()  # the cluster environment says everything
+        else:
+            jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    except (RuntimeError, ValueError) as e:  # no coordinator, a refused port, a timeout
+        raise ZooError(f"joining the multi-process run failed: {' '.join(str(e).split())}") from e
 
 
 def _native_stdout_to_stderr() -> None:

@@ -1,7 +1,9 @@
 """The zoo's one downloader: streamed, hashed while writing, atomic, offline-aware.
 
-Datasets and checkpoints both come through :func:`download`, so every fetch
-honours ``ZOO_OFFLINE`` the same way and never leaves a partial file behind.
+Every URL the zoo fetches (dataset mirrors, remote checkpoints) comes through
+:func:`download`, so each honours ``ZOO_OFFLINE`` the same way and never leaves
+a partial file behind. (Package-index sources go through pip, which checks the
+pinned hash itself; they honour ``ZOO_OFFLINE`` in their own module.)
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ def _temp_beside(path: Path) -> tuple[int, Path]:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> Path:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path = Path(path)
-    fd, tmp = _temp_beside(path)
+    try:
+        fd, tmp = _temp_beside(path)
+    except OSError as e:  # name the file the caller asked for, not our temporary one
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

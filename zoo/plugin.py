@@ -67,7 +67,7 @@ class Plugin:
       replaceable: parameter path prefixes (``"head"``) that ``--init-from`` may
         re-initialise when their shapes differ from the pretrained ones.
       catalog: a catalogue file of pretrained entries, relative to the folder of the
-        module that defines this object.
+        module the entry point names (``zoo_vae`` in ``zoo_vae:plugin``).
     """
 
     name: str

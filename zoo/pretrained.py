@@ -21,7 +21,7 @@ from typing import Any
 
 from zoo import checkpoint, registry
 from zoo.catalog import PretrainedEntry
-from zoo.config import config_from_dict, make_config
+from zoo.config import call_options, config_from_dict, make_config
 from zoo.errors import UsageError, ZooError
 from zoo.plugin import Plugin
 
@@ -52,7 +52,9 @@ class LoadedModel:
 
         if n < 1:
             raise UsageError(f"n must be at least 1; got {n}")
-        return self.plugin.resolve("sample")(self.model, jax.random.key(seed), n, **options)
+        sample = self.plugin.resolve("sample")
+        options = call_options(sample, options, f"{self.plugin.name} sample option")
+        return sample(self.model, jax.random.key(seed), n, **options)
 
     def evaluate(self, data: Mapping[str, Any] | None = None) -> dict[str, float]:
         """The plugin's metrics on ``data`` (default: the test split of the training dataset)."""
@@ -132,8 +134,7 @@ def _restore_model(source: _Source) -> Any:
     mesh = sharding.make_mesh()
     build = lambda: source.plugin.resolve("build")(source.config, nnx.Rngs(0))  # noqa: E731
     model_def = training.ModelDef.create(build, mesh, [nnx.Param])
-    target = sharding.abstract(model_def.abstract, model_def.shardings)
-    restored = checkpoint.restore(source.folder, {source.item: target})[source.item]
+    restored = checkpoint.restore(source.folder, {source.item: model_def.targets}, verified=True)[source.item]
     return model_def.merge(restored)
 
 
@@ -148,24 +149,24 @@ def load(name_or_path: str | Path, *, overrides: Mapping[str, Any] | None = None
     return LoadedModel(source.name, source.plugin, source.config, model, source.card, source.folder, source.dataset)
 
 
-def load_variables(name: str) -> dict:
-    """The stored variables of a pretrained model, as a pure dict (for ``--init-from``)."""
+def load_variables(name: str) -> dict[str, Any]:
+    """The stored variables of a pretrained model by path (``"encoder/hidden/kernel"``), for ``--init-from``."""
     import jax
 
     from zoo import sharding
 
     entry = registry.get_pretrained(name)
     folder = checkpoint_folder(entry)
-    stored = checkpoint.stored_tree(folder, "model")
     replicated = sharding.replicated(sharding.make_mesh())
     target: dict = {}
-    for path, meta in stored.items():
-        node = target
+    for path, meta in checkpoint.stored_tree(folder, "model").items():
         *parents, leaf = path.split("/")
-        for part in parents:
-            node = node.setdefault(int(part) if part.isdigit() else part, {})
-        node[int(leaf) if leaf.isdigit() else leaf] = jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=replicated)
-    return checkpoint.restore(folder, {"model": target})["model"]
+        node = target
+        for part in parents:  # Orbax keeps every key as a string, so the target does too
+            node = node.setdefault(part, {})
+        node[leaf] = jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=replicated)
+    restored = checkpoint.restore(folder, {"model": target}, verified=True)["model"]
+    return checkpoint.tree_paths(restored)
 
 
 def export(workdir: str | Path, destination: str | Path, *, metrics: Mapping[str, float] | None = None) -> str:
@@ -187,6 +188,7 @@ def export(workdir: str | Path, destination: str | Path, *, metrics: Mapping[str
         meta["eval"] = dict(metrics)
     meta["weights"] = source.item
     digest = checkpoint.save(destination, {"model": nnx.to_pure_dict(nnx.state(model))}, meta)
-    assert digest is not None
+    if digest is None:  # only process 0 seals a checkpoint
+        raise UsageError("zoo export runs in a single process")
     return digest
 

@@ -74,7 +74,7 @@ def _load_entry_point(ep: metadata.EntryPoint, distribution: str) -> PluginRecor
         return record(error="; ".join(problems))
     if obj.catalog is not None:  # its own catalogue is part of the plugin: a bad one breaks it, not the zoo
         try:
-            load_catalog(_plugin_catalog_path(record(plugin=obj)))
+            _read_catalog(_plugin_catalog_path(record(plugin=obj)))
         except ZooError as e:
             return record(error=f"its catalogue is unusable: {e}")
     return record(plugin=obj)
@@ -111,14 +111,20 @@ def plugins() -> dict[str, Plugin]:
     return {r.name: r.plugin for r in records() if r.plugin is not None}
 
 
-def get_plugin(name: str) -> Plugin:
-    """The healthy plugin called ``name``; UnknownName or BrokenPlugin otherwise."""
+def get_record(name: str) -> PluginRecord:
+    """The record of plugin ``name``, healthy or broken; UnknownName otherwise."""
     for r in records():
         if r.name == name:
-            if r.plugin is None:
-                raise BrokenPlugin(f"plugin {name!r} is broken: {r.error}")
-            return r.plugin
+            return r
     raise UnknownName("plugin", name, [r.name for r in records()])
+
+
+def get_plugin(name: str) -> Plugin:
+    """The healthy plugin called ``name``; UnknownName or BrokenPlugin otherwise."""
+    record = get_record(name)
+    if record.plugin is None:
+        raise BrokenPlugin(f"plugin {name!r} is broken: {record.error}")
+    return record.plugin
 
 
 def builtin_catalog_path() -> Path:
@@ -136,6 +142,12 @@ def _plugin_catalog_path(record: PluginRecord) -> Path | None:
 
 
 @functools.cache
+def _read_catalog(path: Path) -> tuple[PretrainedEntry, ...]:
+    """One catalogue file, parsed once per discovery (plugin checks and ``catalog`` share it)."""
+    return tuple(load_catalog(path))
+
+
+@functools.cache
 def catalog() -> Catalog:
     """Pretrained entries from the built-in catalogue, plugin catalogues and ``ZOO_REGISTRY``.
 
@@ -150,7 +162,7 @@ def catalog() -> Catalog:
     for path in paths:
         if path == paths[0] and not path.exists():
             continue  # a core without shipped weights is still a zoo
-        for entry in load_catalog(path):
+        for entry in _read_catalog(path):
             if entry.name in entries:
                 raise ZooError(
                     f"pretrained model {entry.name!r} is defined in both {entries[entry.name].source} and {entry.source}"
@@ -170,3 +182,4 @@ def reset() -> None:
     """Forget what was discovered (tests install and remove plugins)."""
     records.cache_clear()
     catalog.cache_clear()
+    _read_catalog.cache_clear()

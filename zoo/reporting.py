@@ -18,6 +18,8 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
+from zoo.download import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 
@@ -77,9 +79,7 @@ class Reporter:
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by the kill
         if len(kept) != len(lines):
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(kept), encoding="utf-8")
-            tmp.replace(path)
+            atomic_write_bytes(path, "".join(kept).encode())
 
     @staticmethod
     def _tensorboard(logdir: Path):

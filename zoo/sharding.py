@@ -79,8 +79,8 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     return Mesh(
         np.asarray(devices).reshape(sizes),
         MESH_AXES,
-        # Auto: XLA propagates shardings through each op (see NOTES-JAX: Explicit
-        # rejects contractions over a split dimension).
+        # Auto: XLA propagates shardings through each op (Explicit rejects
+        # contractions over a split dimension).
         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
     )
 
@@ -147,15 +147,15 @@ def batch_sharding(mesh: Mesh, leading: int = 0) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
-    """Refuse, before anything compiles, a batch the batch axes cannot split evenly."""
+    """Refuse, before anything compiles, a batch the batch axes cannot split evenly.
+
+    (The split over processes is ``ArrayLoader``'s to check: it cuts the per-process slices.)"""
     shards = mesh_size(mesh, BATCH_AXES)
     if batch_size % shards:
         raise UsageError(
             f"{what} {batch_size} does not divide over the mesh's data x fsdp = {shards} shards; "
             f"use a multiple of {shards}"
         )
-    if batch_size % jax.process_count():
-        raise UsageError(f"{what} {batch_size} does not divide over {jax.process_count()} processes")
 
 
 def put_global_batch(local: Any, sharding: NamedSharding, global_batch: int, leading: int = 0) -> Any:
@@ -169,8 +169,3 @@ def put_global_batch(local: Any, sharding: NamedSharding, global_batch: int, lea
         return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
 
     return jax.tree.map(put, local)
-
-
-def describe(mesh: Mesh) -> str:
-    return ",".join(f"{a}={n}" for a, n in mesh.shape.items() if n > 1) or "1 device"
-

@@ -8,14 +8,15 @@ sharding, data, randomness, logging, evaluation and checkpoints::
     def train(run):
         return run.fit(zoo.training.Loss(negative_elbo))
 
-Design (see ../shared/DESIGN.md):
+Design:
 
 - Functional core. The model is split once into a ``graphdef`` and pure nested
   dicts of arrays; one pure step ``(state, batch) -> (state, metrics)`` is jitted
   once with explicit in/out shardings and a donated state. ``nnx.jit`` per step
   would cost about 3 ms of Python per call on CPU, the step time of a small model.
-- The step's key is ``fold_in(key(seed), step)``: no RNG state to carry, and a
-  resumed run draws exactly what an uninterrupted one draws.
+- The step is ``(state, batch, key) -> (state, metrics)`` with ``key`` the run's
+  key (from its seed); each step uses ``fold_in(key, step)``: no RNG state to
+  carry, and a resumed run draws exactly what an uninterrupted one draws.
 - Parameters are created already sharded: abstract init -> shardings from the
   logical-axis rules (``zoo.sharding``) -> jitted init with those out_shardings.
 - ``steps_per_call`` > 1 fuses several steps into one call with ``lax.scan``:
@@ -44,8 +45,9 @@ import optax
 from flax import nnx, struct, traverse_util
 
 from zoo import checkpoint, sharding
-from zoo.config import config_to_dict, fill_dataclass
+from zoo.config import config_to_dict
 from zoo.data.loader import ArrayLoader, Prefetcher
+from zoo.download import atomic_write_bytes
 from zoo.errors import UsageError, ZooError
 from zoo.plugin import Plugin
 from zoo.reporting import Reporter
@@ -85,9 +87,9 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "grad_accum", "steps_per_call", "log_every", "keep")
-        for name in positive:
-            if getattr(self, name) < (0 if name == "keep" else 1):
-                raise UsageError(f"{name} must be positive; got {getattr(self, name)}")
+        for name in positive:  # keep >= 1: the checkpoint just saved is always kept
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise UsageError(f"learning_rate must be positive; got {self.learning_rate}")
         if self.batch_size % self.grad_accum:
@@ -170,7 +172,7 @@ class CustomStep:
 
     ``ctx`` is a ``StepContext`` (merge a model, apply gradients); the loop still
     owns jit, shardings, donation, data, checkpoints and the non-finite guard.
-    ``params`` declares the groups (their filters) the step updates.
+    ``groups`` declares the parameter groups (their filters) the step updates.
     """
 
     fn: Callable[..., Any]
@@ -236,6 +238,11 @@ class ModelDef:
             flat.update(_flat(part))
         return _unflat(flat)
 
+    @property
+    def targets(self) -> dict:
+        """Restore targets for every variable: shapes, dtypes and the shardings wanted now."""
+        return sharding.abstract(self.abstract, self.shardings)
+
     def merge(self, variables: Mapping) -> nnx.Module:
         return nnx.merge(self.graphdef, dict(variables))
 
@@ -292,8 +299,13 @@ def _split_loss(out: Any) -> tuple[jax.Array, dict]:
     return jnp.asarray(loss, jnp.float32), dict(metrics)
 
 
-def make_train_step(ctx: StepContext, objective: Objective) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
-    """The pure step ``(state, batch) -> (state, metrics)`` for ``objective``."""
+def objective_groups(objective: Objective) -> tuple[Group, ...]:
+    """The parameter groups an objective trains (a plain ``Loss`` is one group over every Param)."""
+    return (Group("all", objective.fn),) if isinstance(objective, Loss) else tuple(objective.groups)
+
+
+def make_train_step(ctx: StepContext, objective: Objective) -> Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict]]:
+    """The pure step ``(state, batch, key) -> (state, metrics)`` for ``objective``."""
     cfg, model_def = ctx.config, ctx.model_def
     compute_dtype = jnp.bfloat16 if cfg.precision == "bf16" else None
 
@@ -315,7 +327,9 @@ def make_train_step(ctx: StepContext, objective: Objective) -> Callable[[TrainSt
         if cfg.grad_accum == 1:
             (_, (metrics, rest)), grads = grad_fn(state.params[g], state.rest, batch, key)
         else:
-            micro_batches = jax.tree.map(lambda x: x.reshape(cfg.grad_accum, -1, *x.shape[1:]), batch)
+            # Micro-batch i takes rows i, A+i, 2A+i, ...: every device keeps its own rows, so
+            # nothing is gathered (splitting into contiguous blocks moved rows between devices).
+            micro_batches = jax.tree.map(lambda x: x.reshape(-1, cfg.grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
 
             def accumulate(carry, xs):
                 grads_sum, rest = carry
@@ -332,10 +346,7 @@ def make_train_step(ctx: StepContext, objective: Objective) -> Callable[[TrainSt
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.tree.norm(grads))
         return ctx.apply_gradients(state.replace(rest=rest), g, grads), metrics, finite
 
-    if isinstance(objective, Loss):
-        groups: tuple[Group, ...] = (Group("all", objective.fn),)
-    else:
-        groups = objective.groups
+    groups = objective_groups(objective)
 
     def named(g: int, metrics: dict) -> dict:
         return metrics if len(groups) == 1 else {f"{groups[g].name}/{k}": v for k, v in metrics.items()}
@@ -388,10 +399,9 @@ def make_train_step(ctx: StepContext, objective: Objective) -> Callable[[TrainSt
     else:
         update = update_all
 
-    base_key = jax.random.key(cfg.seed)
-
-    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
-        key = jax.random.fold_in(base_key, state.step)
+    def train_step(state: TrainState, batch: Any, key: jax.Array) -> tuple[TrainState, dict]:
+        """One step. ``key`` is the run's key; this step's is ``fold_in(key, state.step)``."""
+        key = jax.random.fold_in(key, state.step)
         new_state, metrics, finite = update(state, batch, key)
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
         if cfg.ema_decay is not None:
@@ -412,7 +422,7 @@ def fuse_steps(step: Callable, steps_per_call: int) -> Callable:
     """``steps_per_call`` steps in one ``lax.scan`` over batches stacked on a leading axis."""
     if steps_per_call == 1:
         return step
-    return lambda state, batches: jax.lax.scan(step, state, batches)
+    return lambda state, batches, key: jax.lax.scan(lambda s, b: step(s, b, key), state, batches)
 
 
 # =========================================================================== runs
@@ -503,7 +513,8 @@ class Run:
 
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep", "eval_every", "log_every", "steps_per_call"})
 """Training fields a resumed run may change: they leave the maths of each step as it was
-(``steps_per_call`` fuses steps bitwise-identically; ``steps`` extends the run)."""
+(``steps_per_call`` fuses steps bitwise-identically, so it may change where it divides the
+resumed step; ``steps`` extends the run)."""
 
 
 def _check_resumable(run: Run) -> None:
@@ -535,10 +546,7 @@ def _check_resumable(run: Run) -> None:
 
 def _write_run_file(run: Run) -> None:
     if jax.process_index() == 0:
-        run.workdir.mkdir(parents=True, exist_ok=True)
-        tmp = run.workdir / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(run.description(), indent=2) + "\n")
-        tmp.replace(run.workdir / RUN_FILE)
+        atomic_write_bytes(run.workdir / RUN_FILE, (json.dumps(run.description(), indent=2) + "\n").encode())
 
 
 @contextlib.contextmanager
@@ -569,7 +577,7 @@ def fit(run: Run, objective: Objective, *, loader: ArrayLoader | None = None) ->
     mesh = sharding.make_mesh(run.mesh_shape)
     sharding.check_batch_size(cfg.batch_size // cfg.grad_accum, mesh, "micro-batch size" if cfg.grad_accum > 1 else "batch size")
     _check_resumable(run)
-    groups = objective.groups if isinstance(objective, Groups | CustomStep) else (Group("all", objective.fn),)
+    groups = objective_groups(objective)
 
     # ------------------------------------------------------------------ model, optimizers, state
     model_def = ModelDef.create(run.build, mesh, [g.params for g in groups])
@@ -616,7 +624,7 @@ def fit(run: Run, objective: Objective, *, loader: ArrayLoader | None = None) ->
     abstract_state = sharding.abstract(jax.eval_shape(init_state, model_def.abstract), state_shardings)
     if resumed_from is not None:
         restored = checkpoint.restore(
-            store.path(resumed_from), {"model": sharding.abstract(model_def.abstract, model_def.shardings), "train": _train_item(abstract_state)}
+            store.path(resumed_from), {"model": model_def.targets, "train": _train_item(abstract_state)}, verified=True
         )
         params, rest = model_def.partition(restored["model"])
         state = TrainState(params=params, rest=rest, **restored["train"])
@@ -630,24 +638,29 @@ def fit(run: Run, objective: Objective, *, loader: ArrayLoader | None = None) ->
 
     # ------------------------------------------------------------------ the compiled step
     k = cfg.steps_per_call
+    if int(state.step) % k:
+        raise UsageError(
+            f"{run.workdir} resumes at step {int(state.step)}, which steps_per_call={k} does not divide; "
+            f"resume with steps_per_call dividing {int(state.step)}"
+        )
+    # Made by a jitted call so that, with several processes, every process holds its part.
+    run_key = jax.jit(lambda: jax.random.key(cfg.seed), out_shardings=replicated)()
     batch_sharding = sharding.batch_sharding(mesh, leading=1 if k > 1 else 0)
     step_fn = jax.jit(
         fuse_steps(make_train_step(ctx, objective), k),
-        in_shardings=(state_shardings, batch_sharding),
+        in_shardings=(state_shardings, batch_sharding, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )
     evaluate = run.plugin.resolve("evaluate") if run.plugin.evaluate and cfg.eval_every else None
     eval_data = run.data("test") if evaluate else None
 
-    def model_for_eval() -> nnx.Module:
-        trained = [state.ema] if state.ema is not None else state.params  # EMA weights when kept
-        return model_def.merge(model_def.combine(trained, state.rest))
 
     # ------------------------------------------------------------------ the loop
     step = int(state.step)
     reporter = Reporter(run.workdir, cfg.steps, step, cfg.log_every, enabled=run.progress)
     last_eval: dict[str, float] = {}
+    last_eval_step = None
     last_metrics: dict[str, float] = {}
     data_state = loader.state()
     saved_step = resumed_from
@@ -661,10 +674,12 @@ def fit(run: Run, objective: Objective, *, loader: ArrayLoader | None = None) ->
     def save() -> None:
         nonlocal saved_step
         check_finite()
-        meta = run.description() | {"step": step, "data": data_state, "eval": last_eval, "loss": last_metrics.get("loss")}
+        # Only a score measured on exactly these weights ranks them (best-by-metric retention).
+        scored = last_eval if last_eval_step == step else {}
+        meta = run.description() | {"step": step, "data": data_state, "eval": scored, "loss": last_metrics.get("loss")}
         items = {"model": model_def.combine(state.params, state.rest), "train": _train_item(state)}
         if state.ema is not None:
-            items["ema"] = model_def.combine([state.ema], state.rest)
+            items["ema"] = weights_for_use(model_def, state)
         store.save(step, items, meta)
         saved_step = step
         if jax.process_index() == 0:
@@ -693,7 +708,7 @@ def fit(run: Run, objective: Objective, *, loader: ArrayLoader | None = None) ->
         with _sigint_flag() as interrupted, jax.set_mesh(mesh):
             while step < cfg.steps:
                 batch, data_state = next(prefetch)
-                state, metrics = step_fn(state, batch)
+                state, metrics = step_fn(state, batch, run_key)
                 if sync_each_call:
                     state.step.block_until_ready()
                 step += k
@@ -701,7 +716,9 @@ def fit(run: Run, objective: Objective, *, loader: ArrayLoader | None = None) ->
                     last_metrics = reporter.flush(step)
                     check_finite()
                 if evaluate and step % cfg.eval_every == 0:
-                    last_eval = {k_: float(v) for k_, v in evaluate(model_for_eval(), eval_data).items()}
+                    model = model_def.merge(weights_for_use(model_def, state))
+                    last_eval = {k_: float(v) for k_, v in evaluate(model, eval_data).items()}
+                    last_eval_step = step
                     reporter.log_eval(step, last_eval)
                 if interrupted["set"]:
                     save()
@@ -731,6 +748,12 @@ def fit(run: Run, objective: Objective, *, loader: ArrayLoader | None = None) ->
     )
 
 
+def weights_for_use(model_def: ModelDef, state: TrainState) -> dict:
+    """The variables to evaluate and ship: the EMA of the parameters when the run keeps one."""
+    trained = [state.ema] if state.ema is not None else state.params
+    return model_def.combine(trained, state.rest)
+
+
 def _train_item(state: TrainState) -> dict[str, Any]:
     """The non-model part of a TrainState, as the checkpoint's ``train`` item."""
     return {"step": state.step, "opt": state.opt, "ema": state.ema, "nonfinite_step": state.nonfinite_step}
@@ -740,19 +763,19 @@ def _init_from(run: Run, model_def: ModelDef, variables: dict) -> dict:
     """Start from a pretrained model: matching variables restored, replaceable ones re-initialised."""
     from zoo import pretrained
 
-    stored = pretrained.load_variables(run.init_from)
-    fresh, old = _flat(variables), _flat(stored)
+    old = pretrained.load_variables(run.init_from)  # "encoder/hidden/kernel" -> array
+    fresh = _flat(variables)
     kept, replaced, refused = [], [], []
-    for path, value in sorted(fresh.items()):
+    for path, value in sorted(fresh.items(), key=lambda item: "/".join(map(str, item[0]))):
         name = "/".join(map(str, path))
         replaceable = any(name == p or name.startswith(p + "/") for p in run.plugin.replaceable)
-        if path in old and old[path].shape == value.shape:
-            fresh[path] = jax.device_put(old[path].astype(value.dtype), value.sharding)
+        if name in old and old[name].shape == value.shape:
+            fresh[path] = jax.device_put(old[name].astype(value.dtype), value.sharding)
             kept.append(name)
         elif replaceable:
             replaced.append(name)
         else:
-            have = old[path].shape if path in old else "nothing"
+            have = old[name].shape if name in old else "nothing"
             refused.append(f"  {name}: model {value.shape}, checkpoint {have}")
     if refused:
         raise UsageError(

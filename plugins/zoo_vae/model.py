@@ -27,10 +27,15 @@ class VAEConfig:
     channels: tuple[int, ...] = (32, 64)  # conv: encoder widths, each conv halves H and W
 
     def __post_init__(self):
-        if self.kind == "conv" and any(s % 2 ** len(self.channels) for s in self.image_shape[:2]):
-            raise ValueError(f"conv VAE needs H and W divisible by {2 ** len(self.channels)}")
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+            raise ValueError(f"image_shape must be (H, W, C) of positive sizes; got {self.image_shape}")
         if self.latent_dim < 1 or self.hidden < 1:
             raise ValueError("latent_dim and hidden must be positive")
+        if self.kind == "conv":
+            if not self.channels or min(self.channels) < 1:
+                raise ValueError(f"conv VAE needs at least one positive channel width; got {self.channels}")
+            if any(s % 2 ** len(self.channels) for s in self.image_shape[:2]):
+                raise ValueError(f"conv VAE needs H and W divisible by {2 ** len(self.channels)}")
 
 
 def _dense(n_in: int, n_out: int, axes: tuple[str, str], rngs: nnx.Rngs) -> nnx.Linear:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,3 +81,17 @@ def test_learns_real_mnist(tmp_path):
     after = zoo.load(tmp_path).evaluate(small_test)["neg_elbo"]
     assert before > 400
     assert after < 160
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        ({"image_shape": (28, 28)}, "image_shape must be (H, W, C)"),
+        ({"kind": "conv", "channels": ()}, "at least one positive channel width"),
+        ({"kind": "conv", "image_shape": (30, 30, 1)}, "divisible by 4"),
+        ({"latent_dim": 0}, "latent_dim and hidden must be positive"),
+    ],
+)
+def test_config_is_checked_before_any_build(overrides, needle):
+    with pytest.raises(zoo.UsageError, match=re.escape(needle)):
+        zoo.build("vae", "dense-20", **overrides)

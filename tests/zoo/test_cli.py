@@ -376,3 +376,40 @@ def test_doctor_json_is_one_document():
     report = json.loads(out)
     assert {"python", "versions", "devices", "backend", "plugins"} <= set(report)
     assert report["pretrained"] >= 0
+
+
+# --------------------------------------------------------------------------- sample options and outputs
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["sample", "vae-mnist", "--option", "foo=1"], "unknown vae sample option 'foo'; known: index, mode"),
+        (["sample", "vae-mnist", "--prompt", "hi"], "unknown vae sample option 'prompt'"),
+        (["sample", "vae-mnist", "--option", "index=abc"], "index must be int; got 'abc'"),
+        (["sample", "vae-mnist", "--out", "x.gif"], "--out must end in .png or .npy (images) or .txt (texts)"),
+        (["list", "--plugin", "vea"], "did you mean 'vae'"),
+    ],
+)
+def test_bad_sample_options_and_names_are_usage_errors(argv, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(argv)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_output_is_one_line_naming_it(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    target = tmp_path / "a-file" / "x.png"
+    code, out, err = run_main(["sample", "vae-mnist", "--n", "2", "--out", str(target)])
+    assert code == 1
+    assert_one_line_error(err, str(tmp_path / "a-file"))
+    assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
+def test_json_has_no_nan(capsys):
+    from zoo.cli import _emit_json
+
+    _emit_json({"loss": float("nan"), "metrics": {"a": float("inf"), "b": 1.5}, "xs": [float("-inf")]})
+    assert json.loads(capsys.readouterr().out) == {"loss": None, "metrics": {"a": None, "b": 1.5}, "xs": [None]}

@@ -31,14 +31,21 @@ zoo.data.load = lambda name, split="train": data  # offline: synthetic images in
 
 workdir = os.path.realpath(os.environ["ZOO_TEST_WORKDIR"])
 writes = []
+def record(file):
+    path = os.path.realpath(os.fspath(file))
+    if path.startswith(workdir) and any(w in path for w in ("metrics.jsonl", "run.json", "MANIFEST.json", "tfevents")):
+        writes.append(os.path.relpath(path, workdir))
 real_open = io.open
 def watched_open(file, mode="r", *args, **kwargs):
     if any(c in mode for c in "wax") and isinstance(file, (str, os.PathLike)):
-        path = os.path.realpath(os.fspath(file))
-        if path.startswith(workdir) and any(w in path for w in ("metrics.jsonl", "run.json", "MANIFEST.json", "tfevents")):
-            writes.append(os.path.relpath(path, workdir))
+        record(file)
     return real_open(file, mode, *args, **kwargs)
 builtins.open = io.open = watched_open
+real_replace = os.replace
+def watched_replace(src, dst, *args, **kwargs):  # atomic writes land by renaming a temporary file
+    record(dst)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = watched_replace
 
 import zoo.api
 real_train = zoo.api.train
@@ -123,8 +130,8 @@ def test_two_processes_match_one_and_only_process_0_writes(tmp_path):
     # Only process 0 wrote the run's files (process 1 still wrote its share of the Orbax arrays).
     assert facts1["writes"] == []
     written = set(facts0["writes"])
-    assert {"run.json", "metrics.jsonl"} <= {w.lstrip(".").removesuffix(".tmp") for w in written}
-    assert any(w.endswith("MANIFEST.json.tmp") for w in written)
+    assert {"run.json", "metrics.jsonl"} <= written
+    assert any(w.endswith("MANIFEST.json") for w in written)
     assert any("tfevents" in w for w in written)
 
     lines = [json.loads(line) for line in (shared / "metrics.jsonl").read_text().splitlines()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import math
 import struct
@@ -364,7 +365,7 @@ def test_a_nonfinite_step_records_the_first_bad_step():
     state = training.TrainState(
         step=jnp.int32(0), params=(params,), rest=rest, opt=(tx.init(params),), ema=None, nonfinite_step=jnp.int32(-1)
     )
-    step = jax.jit(training.make_train_step(ctx, Loss(mse)))
+    step = functools.partial(jax.jit(training.make_train_step(ctx, Loss(mse))), key=jax.random.key(cfg.seed))
     good = {k: jnp.asarray(v[:16]) for k, v in toy_data().items()}
     bad = {**good, "x": good["x"].at[3, 1].set(jnp.nan)}
     # inf saturates tanh: the loss stays finite but the gradient (inf * 0) is NaN
@@ -577,3 +578,28 @@ def test_a_mesh_smaller_than_the_machine_uses_the_first_devices():
     assert mesh.devices.size == 2 and list(mesh.devices.flat) == jax.devices()[:2]
     with pytest.raises(zoo.UsageError, match="needs 16 devices; there are 8"):
         sharding.make_mesh({"data": 16})
+
+
+def test_keep_must_be_at_least_one():
+    with pytest.raises(UsageError, match="keep must be at least 1; got 0"):
+        TrainConfig(keep=0)
+
+
+def test_resuming_where_steps_per_call_does_not_divide_the_step_is_refused(tmp_path):
+    toy_run(tmp_path, steps=3, checkpoint_every=3).fit(Loss(mse))
+    with pytest.raises(UsageError, match="resumes at step 3, which steps_per_call=2 does not divide"):
+        toy_run(tmp_path, steps=8, checkpoint_every=3 * 2, steps_per_call=2).fit(Loss(mse))
+    assert StepDirectory(tmp_path / "checkpoints").steps() == [3]
+
+
+def test_only_a_score_of_the_saved_weights_ranks_them(tmp_path):
+    """eval every 3 steps, checkpoints every 2: steps 2 and 4 carry no score; 6 carries step 6's."""
+    def evaluate(model, data):
+        return {"mse": float(mse(model, data, None))}
+
+    plugin = dataclasses.replace(TOY, evaluate=evaluate, metric=("mse", "min"))
+    run = toy_run(tmp_path, plugin=plugin, steps=6, checkpoint_every=2, eval_every=3, keep=10)
+    run = dataclasses.replace(run, eval_data=toy_data())
+    run.fit(Loss(mse))
+    scores = {s: checkpoint.read_meta(tmp_path / "checkpoints" / str(s))["eval"] for s in (2, 4, 6)}
+    assert scores[2] == {} and scores[4] == {} and set(scores[6]) == {"mse"}

@@ -1,4 +1,4 @@
-"""MNIST: 60k train / 10k test handwritten digits, 28x28 uint8 (see shared/DATA.md).
+"""MNIST: 60k train / 10k test handwritten digits, 28x28 uint8.
 
 The cache holds the four official uncompressed IDX files under
 ``$ZOO_HOME/data/mnist``; each is pinned by sha256 and re-verified on every load.
