@@ -148,6 +148,10 @@ def train(plugin: str, settings: tuple[str, ...], coordinator, num_processes, pr
 # --------------------------------------------------------------------------- sample / eval / verify
 
 
+OUT_SUFFIXES = {"images": (".png", ".npy"), "texts": (".txt",)}
+"""What ``zoo sample --out`` can write, by what the plugin samples."""
+
+
 def _write_samples(samples: Any, out: Path | None) -> None:
     import numpy as np
 
@@ -163,8 +167,8 @@ def _write_samples(samples: Any, out: Path | None) -> None:
             click.echo(f"wrote {len(samples)} samples to {out}", err=True)
         return
     samples = np.asarray(samples)
-    if out is not None:
-        _check_image_suffix(out)
+    if out is not None and out.suffix.lower() not in OUT_SUFFIXES["images"]:
+        raise UsageError(f"--out must end in {' or '.join(OUT_SUFFIXES['images'])} for images; got {out.name}")
     if out is None:
         for image in samples[:3]:
             click.echo(images.ascii_preview(image) + "\n")
@@ -181,11 +185,6 @@ def _write_samples(samples: Any, out: Path | None) -> None:
     click.echo(f"wrote {len(samples)} samples to {out}", err=True)
 
 
-def _check_image_suffix(out: Path) -> None:
-    if out.suffix.lower() not in (".png", ".npy"):
-        raise UsageError(f"--out must end in .png or .npy for images; got {out.name}")
-
-
 @cli.command()
 @click.argument("name")
 @click.option("--n", "n", type=click.IntRange(min=1), default=16, show_default=True, help="How many samples.")
@@ -200,7 +199,7 @@ def sample(name: str, n: int, seed: int, out: Path | None, prompt: str | None, s
     options: dict[str, Any] = dict(parse_assignments(sample_options))  # parsed by the plugin's annotations
     if prompt is not None:
         options["prompt"] = prompt
-    if out is not None and out.suffix.lower() not in (".txt", ".png", ".npy"):
+    if out is not None and out.suffix.lower() not in {s for kind in OUT_SUFFIXES.values() for s in kind}:
         raise UsageError(f"--out must end in .png or .npy (images) or .txt (texts); got {out.name}")
     model = api.load(name, **parse_assignments(settings))
     _write_samples(model.sample(n, seed=seed, **options), out)

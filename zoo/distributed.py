@@ -12,7 +12,6 @@ import os
 from zoo.errors import UsageError, ZooError
 
 
-
 def _launched_as_several_processes() -> bool:
     """Whether a cluster launcher started this as one of several processes (which
     ``jax.distributed.initialize()`` then configures from the same variables).

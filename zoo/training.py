@@ -341,8 +341,8 @@ def make_train_step(ctx: StepContext, objective: Objective) -> Callable[[TrainSt
             (grads, rest), metrics = jax.lax.scan(accumulate, (zeros, state.rest), (jnp.arange(cfg.grad_accum), micro_batches))
             grads = jax.tree.map(lambda x: x / cfg.grad_accum, grads)
             metrics = jax.tree.map(jnp.mean, metrics)
-        # Judged on the loss and the gradients, not the new parameters: then XLA can fuse
-        # the guard's select into the update instead of making one more pass over the state.
+        # Judged on the loss and the gradients (already materialised), not on the new
+        # parameters, which would take one more pass over the state.
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.tree.norm(grads))
         return ctx.apply_gradients(state.replace(rest=rest), g, grads), metrics, finite
 
@@ -638,10 +638,11 @@ def fit(run: Run, objective: Objective, *, loader: ArrayLoader | None = None) ->
 
     # ------------------------------------------------------------------ the compiled step
     k = cfg.steps_per_call
-    if int(state.step) % k:
+    step = int(state.step)
+    if step % k:
         raise UsageError(
-            f"{run.workdir} resumes at step {int(state.step)}, which steps_per_call={k} does not divide; "
-            f"resume with steps_per_call dividing {int(state.step)}"
+            f"{run.workdir} resumes at step {step}, which steps_per_call={k} does not divide; "
+            f"resume with steps_per_call dividing {step}"
         )
     # Made by a jitted call so that, with several processes, every process holds its part.
     run_key = jax.jit(lambda: jax.random.key(cfg.seed), out_shardings=replicated)()
@@ -655,9 +656,7 @@ def fit(run: Run, objective: Objective, *, loader: ArrayLoader | None = None) ->
     evaluate = run.plugin.resolve("evaluate") if run.plugin.evaluate and cfg.eval_every else None
     eval_data = run.data("test") if evaluate else None
 
-
     # ------------------------------------------------------------------ the loop
-    step = int(state.step)
     reporter = Reporter(run.workdir, cfg.steps, step, cfg.log_every, enabled=run.progress)
     last_eval: dict[str, float] = {}
     last_eval_step = None
