@@ -58,7 +58,7 @@ def write_distribution(
     return root
 
 
-def plugin_source(name: str, module: str, *, api: int = 1, extra: str = "", **fields: str) -> str:
+def plugin_source(name: str, module: str, *, api: int | tuple[int, int] = 1, extra: str = "", **fields: str) -> str:
     """Source of a light plugin module whose refs point into ``module`` (see ``model_source``).
 
     ``fields`` replace a keyword of the ``Plugin(...)`` call by raw Python source
@@ -156,6 +156,148 @@ def broken_plugins(root: Path) -> dict[str, str]:
 def duplicate_vae(root: Path, dist: str = "evil-vae") -> Path:
     """A third-party distribution whose plugin is also called ``vae``."""
     return write_distribution(root, dist, {"vae": "evil_vae:plugin"}, {"evil_vae": plugin_source("vae", "evil_vae_model")})
+
+
+# --------------------------------------------------------------------------- fake datasets and a tiny classifier
+
+
+def dataset_source(name: str, module: str, **fields: str) -> str:
+    """Source of a light dataset module declaring ``dataset``, refs into ``module`` (see ``TINY_DATA_SOURCE``).
+
+    ``fields`` replace a keyword of the ``Dataset(...)`` call by raw Python source.
+    """
+    kwargs = {
+        "name": repr(name),
+        "api": "1",
+        "splits": "('train', 'test')",
+        **{f: repr(f"{module}:{f}") for f in ("fetch", "load", "is_cached", "synthetic")},
+        "size": "'1 kB'",
+        "license": "'CC0-1.0'",
+        "source": f"'https://example.org/{name}'",
+        "classes": "('dark', 'grey', 'bright')",
+        "image_shape": "(4, 4, 1)",
+    }
+    kwargs.update(fields)
+    body = ",\n    ".join(f"{k}={v}" for k, v in kwargs.items() if v is not None)
+    return f"from zoo.data import Dataset\n\ndataset = Dataset(\n    {body},\n)\n"
+
+
+TINY_DATA_SOURCE = """
+import numpy as np
+from zoo.data import cache_dir
+
+NAME = {name!r}
+SIZES = {{"train": 48, "test": 24}}
+
+
+def _arrays(n, seed):
+    # 4x4 grey images whose brightness is the class: 0 dark, 1 grey, 2 bright (plus noise).
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 3, n).astype(np.int32)
+    image = label[:, None, None, None] * 100 + rng.integers(0, 40, (n, 4, 4, 1))
+    return {{"image": image.astype(np.uint8), "label": label}}
+
+
+def fetch():
+    folder = cache_dir(NAME)
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, (split, n) in enumerate(SIZES.items()):
+        np.savez(folder / f"{{split}}.npz", **_arrays(n, seed))
+    return folder
+
+
+def load(split):
+    with np.load(cache_dir(NAME) / f"{{split}}.npz") as arrays:
+        return dict(arrays)
+
+
+def synthetic(n, seed):
+    return _arrays(n, 1000 + seed)
+"""
+
+
+TINY_IS_CACHED_SOURCE = """
+from zoo.data import cache_dir
+
+
+def is_cached():
+    return all((cache_dir({name!r}) / f"{{split}}.npz").is_file() for split in ("train", "test"))
+"""
+
+
+def tiny_dataset(root: Path, name: str = "tiny", dist: str | None = None, **fields: str) -> Path:
+    """A working third-party dataset ``name`` (4x4 images of 3 brightness classes) from its own distribution."""
+    pkg = name.replace("-", "_") + "_data"
+    light = dataset_source(name, f"{pkg}_impl", **{"is_cached": repr(f"{pkg}:is_cached"), **fields})
+    light += TINY_IS_CACHED_SOURCE.format(name=name)  # in the light module: `zoo data list` calls it
+    return write_distribution(
+        root,
+        dist or f"fake-{name}-data",
+        {name: f"{pkg}:dataset"},
+        {pkg: light, f"{pkg}_impl": TINY_DATA_SOURCE.format(name=name)},
+        group="zoo.datasets",
+    )
+
+
+CLASSIFIER_SOURCE = """
+import dataclasses
+import jax, jax.numpy as jnp, numpy as np, optax
+from flax import nnx
+from zoo import training
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    pixels: int = 16
+    classes: int = 3
+
+
+def build(config, rngs):
+    return nnx.Linear(config.pixels, config.classes, rngs=rngs)
+
+
+def _logits(model, images):
+    return model(images.reshape(images.shape[0], -1).astype(jnp.float32))
+
+
+def loss(model, batch, key):
+    images = batch["image"].astype(jnp.float32) / 255.0
+    return optax.softmax_cross_entropy_with_integer_labels(_logits(model, images), batch["label"]).mean(), {{}}
+
+
+def train(run):
+    return run.fit(training.Loss(loss))
+
+
+def predict(model, inputs, *, temperature: float = 1.0):
+    CALLS.append(np.array(inputs))
+    return jax.nn.softmax(_logits(model, jnp.asarray(inputs)) / temperature)
+
+
+def evaluate(model, data):
+    {evaluate}
+
+
+CALLS = []  # what predict received, for tests
+"""
+
+GOOD_EVALUATE = (
+    "return {'accuracy': float((np.argmax(_logits(model, data['image'] / 255.0), -1) == data['label']).mean())}"
+)
+
+
+def classifier_plugin(
+    root: Path, name: str = "clf", dataset: str = "tiny", *, evaluate: str = GOOD_EVALUATE, **fields: str
+) -> Path:
+    """A tiny linear classifier plugin with ``predict`` (api 1.1) training on ``dataset``; ``fields`` as in ``plugin_source``."""
+    pkg = f"{name}_pkg"
+    fields = {"sample": None, "predict": repr(f"{pkg}_model:predict"), "evaluate": repr(f"{pkg}_model:evaluate"),
+              "datasets": repr((dataset,)), "variants": "{'linear': {}}", **fields}  # fmt: skip
+    source = plugin_source(name, f"{pkg}_model", api=(1, 1), **fields)
+    return write_distribution(
+        root, f"fake-{name}", {name: f"{pkg}:plugin"},
+        {pkg: source, f"{pkg}_model": CLASSIFIER_SOURCE.format(evaluate=evaluate)},
+    )  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ from zoo.api import train as train
 from zoo.api import verify as verify
 from zoo.errors import UsageError as UsageError
 from zoo.errors import ZooError as ZooError
+from zoo.plugin import API_MINOR as API_MINOR
 from zoo.plugin import API_VERSION as API_VERSION
 from zoo.plugin import Plugin as Plugin
 

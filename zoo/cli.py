@@ -260,13 +260,32 @@ def export(workdir: Path, destination: Path) -> None:
 
 @cli.group()
 def data() -> None:
-    """Datasets: fetch, verify and cache."""
+    """Datasets: list them, fetch, verify and cache."""
+
+
+@data.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def data_list(as_json: bool) -> None:
+    """Every discovered dataset: splits, cached or not, size, license, source."""
+    from zoo import data as datasets
+
+    rows = datasets.describe()
+    if as_json:
+        _emit_json(rows)
+        return
+    width = max((len(r["name"]) for r in rows), default=0)
+    for r in rows:
+        if not r["ok"]:
+            click.echo(f"{r['name']:<{width}}  BROKEN (run `zoo doctor`): {r['error']}")
+            continue
+        cached = "cached" if r["cached"] else "not cached"
+        click.echo(f"{r['name']:<{width}}  {'/'.join(r['splits'])}  {cached}  {r['size'] or '?'}  {r['license'] or '?'}  {r['source']}")
 
 
 @data.command("fetch")
 @click.argument("dataset")
 def data_fetch(dataset: str) -> None:
-    """Fetch, verify and cache DATASET."""
+    """Fetch, verify and cache DATASET (any discovered one)."""
     from zoo import data as datasets
 
     click.echo(f"{dataset}: cached in {datasets.fetch(dataset)}")

@@ -1,7 +1,8 @@
 """Discovery: plugins from the ``zoo.plugins`` entry-point group, pretrained models from catalogues.
 
 Everything here is light (no jax) and lazy: nothing is scanned before it is asked
-for, and each plugin is isolated. A plugin that fails to import, targets another
+for, and each plugin is isolated. Datasets (``zoo.datasets``, see ``zoo.data``) are
+discovered by the same ``discover``. A plugin that fails to import, targets another
 API major, is malformed, or shares its name with another distribution's plugin is
 recorded as broken with its reason; every other plugin keeps working.
 
@@ -18,6 +19,7 @@ import importlib
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from zoo import env
 from zoo.catalog import Catalog, PretrainedEntry, load_catalog
@@ -29,21 +31,21 @@ BUILTIN_DISTRIBUTION = "flax-zoo"
 
 
 @dataclasses.dataclass(frozen=True)
-class PluginRecord:
-    """One discovered plugin, healthy or broken.
+class Record:
+    """One discovered entry point (a plugin, or a dataset in ``zoo.data``), healthy or broken.
 
     Attributes:
       name: the entry-point name.
       distribution: the distribution that declares it.
       target: the entry point's ``module:attribute``.
-      plugin: the loaded object, or None when broken.
+      value: the loaded object, or None when broken.
       error: why it is broken, or None.
     """
 
     name: str
     distribution: str
     target: str
-    plugin: Plugin | None = None
+    value: Any = None
     error: str | None = None
 
     @property
@@ -52,37 +54,22 @@ class PluginRecord:
 
     @property
     def ok(self) -> bool:
-        return self.plugin is not None
+        return self.value is not None
+
+
+class PluginRecord(Record):
+    @property
+    def plugin(self) -> Plugin | None:
+        return self.value
 
 
 class BrokenPlugin(ZooError):
-    """The plugin exists but cannot be used; the message carries its reason."""
-
-
-def _load_entry_point(ep: metadata.EntryPoint, distribution: str) -> PluginRecord:
-    record = functools.partial(PluginRecord, ep.name, distribution, ep.value)
-    try:
-        obj = ep.load()
-    except Exception as e:  # noqa: BLE001 - any import failure is the plugin's, not ours
-        return record(error=" ".join(f"import failed: {type(e).__name__}: {e}".split()))  # one line
-    if not isinstance(obj, Plugin):
-        return record(error=f"{ep.value} is a {type(obj).__name__}, not a zoo.Plugin")
-    problems = obj.problems()
-    if obj.name != ep.name:
-        problems.insert(0, f"plugin names itself {obj.name!r} but is registered as {ep.name!r}")
-    if problems:
-        return record(error="; ".join(problems))
-    if obj.catalog is not None:  # its own catalogue is part of the plugin: a bad one breaks it, not the zoo
-        try:
-            _read_catalog(_plugin_catalog_path(record(plugin=obj)))
-        except ZooError as e:
-            return record(error=f"its catalogue is unusable: {e}")
-    return record(plugin=obj)
+    """The plugin (or dataset) exists but cannot be used; the message carries its reason."""
 
 
 @functools.cache
-def records() -> tuple[PluginRecord, ...]:
-    """Every plugin found, healthy and broken, sorted by name."""
+def _claims(group: str) -> dict[str, list[tuple[metadata.EntryPoint, str]]]:
+    """Entry-point name -> every (entry point, distribution) claiming it in ``group``."""
     by_name: dict[str, list[tuple[metadata.EntryPoint, str]]] = {}
     seen: set[tuple[str, str, str]] = set()
     for dist in metadata.distributions():
@@ -90,20 +77,64 @@ def records() -> tuple[PluginRecord, ...]:
         if env.plugin_autoload_disabled() and dist_name != BUILTIN_DISTRIBUTION:
             continue
         for ep in dist.entry_points:
-            if ep.group != GROUP:
+            if ep.group != group:
                 continue
             key = (dist_name, ep.name, ep.value)  # one dist can appear twice on sys.path
             if key not in seen:
                 seen.add(key)
                 by_name.setdefault(ep.name, []).append((ep, dist_name))
+    return by_name
+
+
+def _load_entry_point(ep: metadata.EntryPoint, distribution: str, kind: type, record_type: type[Record]) -> Record:
+    """Import one entry point and check that it is a well-formed ``kind`` of that name."""
+    record = functools.partial(record_type, ep.name, distribution, ep.value)
+    try:
+        obj = ep.load()
+    except Exception as e:  # noqa: BLE001 - any import failure is the plugin's, not ours
+        return record(error=" ".join(f"import failed: {type(e).__name__}: {e}".split()))  # one line
+    if not isinstance(obj, kind):
+        return record(error=f"{ep.value} is a {type(obj).__name__}, not a {kind.public_name}")
+    problems = obj.problems()
+    if obj.name != ep.name:
+        problems.insert(0, f"{kind.__name__.lower()} names itself {obj.name!r} but is registered as {ep.name!r}")
+    if problems:
+        return record(error="; ".join(problems))
+    return record(value=obj)
+
+
+@functools.cache
+def discover(group: str, kind: type, record_type: type[Record] = Record) -> tuple[Record, ...]:
+    """Every ``kind`` object found under entry-point ``group``, healthy and broken, sorted by name.
+
+    ``kind`` has ``name``, ``problems()`` and ``public_name``. Two distributions claiming one name
+    break that name, naming both, and neither is imported.
+    """
     found = []
-    for name, claims in sorted(by_name.items()):
+    for name, claims in sorted(_claims(group).items()):
         if len({dist for _, dist in claims}) > 1:
             owners = " and ".join(f"{dist} ({ep.value})" for ep, dist in claims)
-            found.append(PluginRecord(name, claims[0][1], claims[0][0].value, error=f"name claimed by both {owners}"))
+            found.append(record_type(name, claims[0][1], claims[0][0].value, error=f"name claimed by both {owners}"))
         else:
-            found.append(_load_entry_point(*claims[0]))
+            found.append(_load_entry_point(*claims[0], kind, record_type))
     return tuple(found)
+
+
+def _with_catalog_checked(record: Record) -> Record:
+    """A plugin's own catalogue is part of it: a bad one breaks that plugin, not the zoo."""
+    if record.value is None or record.value.catalog is None:
+        return record
+    try:
+        _read_catalog(_plugin_catalog_path(record))
+    except ZooError as e:
+        return PluginRecord(record.name, record.distribution, record.target, error=f"its catalogue is unusable: {e}")
+    return record
+
+
+@functools.cache
+def records() -> tuple[PluginRecord, ...]:
+    """Every plugin found, healthy and broken, sorted by name."""
+    return tuple(_with_catalog_checked(r) for r in discover(GROUP, Plugin, PluginRecord))
 
 
 def plugins() -> dict[str, Plugin]:
@@ -179,7 +210,9 @@ def get_pretrained(name: str) -> PretrainedEntry:
 
 
 def reset() -> None:
-    """Forget what was discovered (tests install and remove plugins)."""
+    """Forget what was discovered (tests install and remove plugins and datasets)."""
+    _claims.cache_clear()
+    discover.cache_clear()
     records.cache_clear()
     catalog.cache_clear()
     _read_catalog.cache_clear()

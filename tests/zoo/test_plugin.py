@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 import sys
 
 import pytest
 from helpers import site  # noqa: F401 - fixture
 
 import zoo
-from zoo.errors import ZooError
-from zoo.plugin import API_VERSION, Plugin
+from zoo.errors import UsageError, ZooError
+from zoo.plugin import API_MINOR, API_VERSION, Plugin, check_metrics, check_predictions, check_samples
+from zoo.refs import PluginError
 
 
 def make(**overrides) -> Plugin:
@@ -29,6 +32,13 @@ def make(**overrides) -> Plugin:
 
 def test_public_names():
     assert zoo.Plugin is Plugin and zoo.API_VERSION == API_VERSION == 1
+    assert zoo.API_MINOR == API_MINOR == 1
+
+
+def test_versions_a_plugin_may_declare():
+    assert make(api=(1, 0)).problems() == make(api=(1, API_MINOR)).problems() == []
+    assert make(sample=None, predict="toy_model:predict", api=(1, 1)).problems() == []  # a classifier only
+    assert make(predict="toy_model:predict").problems() == []  # sample and predict both
 
 
 def test_a_well_formed_plugin_has_no_problems():
@@ -50,6 +60,12 @@ def test_plugin_is_frozen():
     ("overrides", "needle"),
     [
         ({"api": 2}, "targets plugin API 2"),
+        ({"api": (2, 0)}, "targets plugin API (2, 0)"),
+        ({"api": (1, 2)}, "needs plugin API 1.2, this zoo speaks 1.1; upgrade flax-zoo"),
+        ({"api": (1,)}, "targets plugin API (1,)"),
+        ({"api": True}, "targets plugin API True"),
+        ({"sample": None}, "needs sample (generative), predict (discriminative) or both"),
+        ({"predict": "nocolon"}, "predict must be 'module:attribute', got 'nocolon'"),
         ({"api": 0}, "targets plugin API 0"),
         ({"api": "1"}, "targets plugin API '1'"),
         ({"name": ""}, "name must be a non-empty string"),
@@ -119,11 +135,14 @@ def test_resolve_imports_lazily_and_follows_dotted_attributes(site):
     assert sys.modules["toy_model"].LOADS == [1]  # imported once
 
 
-def test_resolve_returns_objects_as_they_are():
-    def build(config, rngs):
-        return None
+def test_resolve_returns_classes_as_they_are_and_functions_guarded():
+    def build(config, rngs, *, width: int = 3):
+        return width
 
-    assert make(build=build).resolve("build") is build
+    guarded = make(build=build, config=dict).resolve("build")
+    assert guarded.__wrapped__ is build and guarded(None, None, width=5) == 5
+    assert inspect.signature(guarded) == inspect.signature(build)  # option parsing reads it
+    assert make(build=build, config=dict).resolve("config") is dict
 
 
 def test_resolve_missing_module_is_a_zoo_error():
@@ -144,3 +163,111 @@ def test_resolve_absent_optional_field():
     with pytest.raises(ZooError) as e:
         make().resolve("evaluate")
     assert "has no evaluate" in str(e.value)
+
+
+# --------------------------------------------------------------------------- failures inside plugin code name the plugin
+
+
+def raiser(error: BaseException):
+    def build(config, rngs):
+        raise error
+
+    return make(build=build).resolve("build")
+
+
+def test_an_exception_in_plugin_code_is_one_line_naming_plugin_and_function():
+    with pytest.raises(PluginError) as e:
+        raiser(ValueError("kernel shape (3, 4)\n\nand forty lines of JAX detail"))(None, None)
+    assert str(e.value) == (
+        "plugin 'toy' build raised ValueError: kernel shape (3, 4) ... (run with --debug for the traceback)"
+    )
+    assert e.value.exit_code == 1 and isinstance(e.value.__cause__, ValueError)
+
+
+def test_a_zoo_error_raised_on_purpose_keeps_its_message_and_exit_code():
+    with pytest.raises(PluginError) as e:
+        raiser(UsageError("width must be even"))(None, None)
+    assert str(e.value) == "plugin 'toy' build: width must be even" and e.value.exit_code == 2
+    with pytest.raises(PluginError) as e:
+        raiser(ZooError("no GPU"))(None, None)
+    assert str(e.value) == "plugin 'toy' build: no GPU" and e.value.exit_code == 1
+
+
+def test_stops_and_errors_that_already_name_their_owner_pass_through():
+    stop = ZooError("interrupted at step 7")
+    stop.exit_code = 143
+    inner = PluginError("dataset 'x' load raised OSError: gone")
+    for error in (stop, inner):
+        with pytest.raises(ZooError) as e:
+            raiser(error)(None, None)
+        assert e.value is error
+    with pytest.raises(KeyboardInterrupt):
+        raiser(KeyboardInterrupt())(None, None)
+
+
+# --------------------------------------------------------------------------- what plugin functions return
+
+
+def test_metrics_become_floats():
+    import jax.numpy as jnp
+    import numpy as np
+
+    metrics = check_metrics({"a": 1, "b": np.float32(0.5), "c": jnp.asarray(2.25), "d": np.int64(3)})
+    assert metrics == {"a": 1.0, "b": 0.5, "c": 2.25, "d": 3.0} and all(type(v) is float for v in metrics.values())
+
+
+@pytest.mark.parametrize(
+    ("result", "needle"),
+    [
+        ({"accuracy": "high"}, "metric 'accuracy' = 'high' (str), not a number"),
+        ({"accuracy": "0.9"}, "metric 'accuracy' = '0.9' (str), not a number"),
+        ({"loss": math.nan}, "metric 'loss' = nan, not a finite number"),
+        ({"loss": [1.0, 2.0]}, "metric 'loss' = [1.0, 2.0] (list), not a number"),
+        ({"loss": None}, "metric 'loss' = None (NoneType), not a number"),
+        ({}, "dict, not a non-empty dict of metrics"),
+        (0.5, "float, not a non-empty dict of metrics"),
+    ],
+)
+def test_bad_metrics_name_the_key(result, needle):
+    with pytest.raises(PluginError) as e:
+        make(evaluate=lambda model, data: result).resolve("evaluate")(None, {})
+    assert str(e.value) == f"plugin 'toy' evaluate returned {needle}"
+
+
+def test_samples_are_checked():
+    import numpy as np
+
+    images = np.full((2, 3, 3, 1), 0.5, np.float32)
+    assert check_samples(images, None, None, 2) is not None and check_samples(["a", "b"], None, None, 2) == ["a", "b"]
+    bad = [
+        (images * 3, 2, "values in [1.5, 1.5], outside [0, 1]"),
+        (images, 3, "2 images, asked for 3"),
+        (images[0], 2, "float32 (3, 3, 1), not images (n, H, W, C) or a list of texts"),
+        (["a", 1], 2, "a list that is not all str"),
+        (["a"], 2, "1 texts, asked for 2"),
+        (np.full((2, 3, 3, 1), np.nan), 2, "outside [0, 1]"),
+    ]
+    for result, n, needle in bad:
+        with pytest.raises(ValueError, match=re_escape(needle)):
+            check_samples(result, None, None, n)
+
+
+def test_predictions_are_checked():
+    import numpy as np
+
+    probabilities = np.array([[0.25, 0.75], [1.0, 0.0]])
+    np.testing.assert_array_equal(check_predictions(probabilities, None, np.zeros((2, 4))), probabilities)
+    for result, needle in [
+        (probabilities[0], "not probabilities (N, classes)"),
+        (probabilities[:1], "1 rows for 2 inputs"),
+        (probabilities * 2, "outside [0, 1]"),
+        ([["cat", "dog"]] * 2, "not probabilities (N, classes)"),
+    ]:
+        with pytest.raises(ValueError, match=re_escape(needle)):
+            check_predictions(result, None, ["text one", "text two"])
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)

@@ -30,7 +30,6 @@ from typing import IO
 import numpy as np
 
 from zoo import env
-from zoo.data import Dataset
 from zoo.download import atomic_write_bytes, download, sha256_file
 from zoo.errors import IntegrityError, OfflineError, UsageError, ZooError
 
@@ -373,5 +372,3 @@ def synthetic(n: int, seed: int = 0) -> dict[str, np.ndarray]:
         "label": rng.integers(0, 10, n).astype(np.int32),
     }
 
-
-DATASET = Dataset(splits=tuple(SPLIT_FILES), fetch=fetch, load=load, is_cached=is_cached, synthetic=synthetic)

@@ -1,0 +1,34 @@
+"""The datasets shipped with flax-zoo, registered like anyone's: ``zoo.datasets`` entry points in pyproject.toml.
+
+Light on purpose (no numpy): ``zoo data list`` imports this module and calls
+``is_cached``; the implementations live in ``zoo.data.mnist``.
+"""
+
+from __future__ import annotations
+
+from zoo.data import Dataset, cache_dir
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+"""The four IDX files ``zoo.data.mnist.fetch`` leaves in the cache (the keys of its ``IDX_SHA256``)."""
+
+
+def mnist_is_cached() -> bool:
+    """Whether all four MNIST files are present (no hashing: ``load`` verifies)."""
+    return all((cache_dir("mnist") / name).is_file() for name in MNIST_FILES)
+
+
+mnist = Dataset(
+    name="mnist",
+    api=1,
+    splits=("train", "test"),
+    fetch="zoo.data.mnist:fetch",
+    load="zoo.data.mnist:load",
+    is_cached="zoo.data.builtins:mnist_is_cached",
+    synthetic="zoo.data.mnist:synthetic",
+    description="Handwritten digits 0-9, 28x28 greyscale: 60,000 train, 10,000 test (LeCun et al., 1998)",
+    size="11 MB",
+    license="CC-BY-SA-3.0",
+    source="http://yann.lecun.com/exdb/mnist/",
+    classes=tuple("0123456789"),
+    image_shape=(28, 28, 1),
+)
