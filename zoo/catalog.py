@@ -11,7 +11,11 @@ A catalogue is TOML::
     dataset = "mnist"
     checkpoint = "checkpoints/vae-mnist"  # relative to this file (may not escape its folder),
                                           # or an https:// / file:// URL of a .zip of the folder
+                                          # (http:// only on loopback, to test hosting locally)
     sha256 = "<sha256 of the checkpoint's MANIFEST.json>"
+    params_digest = "<sha256>"          # optional; zoo.checkpoint.params_digest of the weights,
+                                        # what `zoo verify --reproduce` compares a rerun with
+    size = 812345                       # optional, remote only: the archive's exact size in bytes
     metrics = { neg_elbo = 98.7 }       # what the plugin's evaluate measured
     tolerance = { neg_elbo = 0.5 }      # optional; absolute, per metric, for `zoo verify`
     recipe = "zoo train vae --variant dense-20 ..."
@@ -29,6 +33,7 @@ import dataclasses
 import math
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
@@ -39,7 +44,10 @@ from zoo.errors import ZooError
 SCHEMA = 1
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-REMOTE_SCHEMES = ("https://", "file://")
+REMOTE_SCHEMES = ("https://", "file://", "http://")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""Plain http is accepted only from these: a hosted archive can be tried out locally,
+while anything fetched from elsewhere travels over TLS (the sha256 pins the bytes either way)."""
 DEFAULT_TOLERANCE = 1e-3
 """Relative tolerance ``zoo verify`` allows a metric without an explicit absolute one."""
 
@@ -59,6 +67,8 @@ class PretrainedEntry:
     dataset: str
     checkpoint: str
     sha256: str
+    params_digest: str | None
+    size: int | None
     metrics: Mapping[str, float]
     tolerance: Mapping[str, float]
     recipe: str
@@ -130,6 +140,8 @@ _REQUIRED = {
 }
 _OPTIONAL = {
     "variant": (_is_str, "a non-empty string"),
+    "params_digest": (lambda v: isinstance(v, str) and SHA256.fullmatch(v) is not None, "64 lowercase hex digits"),
+    "size": (lambda v: _is_int(v) and v > 0, "a positive integer (bytes)"),
     "config": (lambda v: isinstance(v, dict), "a table of config overrides"),
     "tolerance": (
         lambda v: _is_number_table(v) and all(x >= 0 for x in v.values()),
@@ -143,8 +155,15 @@ def _checkpoint_problem(checkpoint: str, folder: Path) -> str | None:
     if "://" in checkpoint:
         if not checkpoint.startswith(REMOTE_SCHEMES):
             return f"checkpoint URL must start with {' or '.join(REMOTE_SCHEMES)}"
-        if checkpoint.startswith("https://") and not checkpoint[len("https://") :].split("/")[0]:
+        try:
+            parts = urllib.parse.urlsplit(checkpoint)
+            host = parts.hostname
+        except ValueError:  # e.g. an unclosed "[" in an IPv6 host
+            return f"checkpoint URL {checkpoint!r} is malformed"
+        if parts.scheme in ("https", "http") and not host:
             return f"checkpoint URL {checkpoint!r} names no host"
+        if parts.scheme == "http" and host not in LOOPBACK_HOSTS:
+            return f"checkpoint URL {checkpoint!r}: plain http is allowed only on loopback ({', '.join(LOOPBACK_HOSTS)}); use https://"
         return None
     if "\x00" in checkpoint:
         return "checkpoint path contains a NUL byte"
@@ -178,6 +197,8 @@ def _entry(name: str, table: Any, path: Path) -> PretrainedEntry:
             raise CatalogError(f"{where} field {field!r} must be {wanted}")
     if problem := _checkpoint_problem(table["checkpoint"], path.parent):
         raise CatalogError(f"{where} {problem}")
+    if "size" in table and "://" not in table["checkpoint"]:
+        raise CatalogError(f"{where} field 'size' is for remote checkpoints (the archive's bytes); a local folder has none")
     tolerance = table.get("tolerance", {})
     if stray := sorted(set(tolerance) - set(table["metrics"])):
         raise CatalogError(f"{where} tolerance names metric(s) not in metrics: {', '.join(stray)}")
@@ -189,6 +210,8 @@ def _entry(name: str, table: Any, path: Path) -> PretrainedEntry:
         dataset=table["dataset"],
         checkpoint=table["checkpoint"],
         sha256=table["sha256"],
+        params_digest=table.get("params_digest"),
+        size=table.get("size"),
         metrics=MappingProxyType({k: float(v) for k, v in table["metrics"].items()}),
         tolerance=MappingProxyType({k: float(v) for k, v in tolerance.items()}),
         recipe=table["recipe"],

@@ -2,7 +2,7 @@
 
 A checkpoint is one folder::
 
-    MANIFEST.json     {"format": 1, "files": {"model/...": "<sha256>", ...}}
+    MANIFEST.json     {"format": 1, "files": {"model/...": "<sha256>", ...}, "sizes": {"model/...": <bytes>, ...}}
     meta/             JSON: plugin, variant, config, dataset, step, data position, eval, ...
     model/            Orbax pytree: every model variable, one pure nested dict
     ema/              (runs that keep an EMA) the same, with the averaged parameters
@@ -14,10 +14,22 @@ sha256, which pins every file. Restores go onto abstract targets
 (``jax.ShapeDtypeStruct`` with the current shardings), so a checkpoint written on
 8 devices loads on 1 and back; the stored tree is compared with the target first
 so a mismatch is one readable error. No pickle anywhere.
+
+What is restored is exactly what the manifest lists: a symbolic link anywhere in
+the folder, a special file, or any file or folder the manifest does not list is
+refused before a byte is read. ("sizes" came later than "files"; a manifest
+without it still verifies.)
+
+Portable checkpoints (``save(..., portable=True)``, what ``zoo export`` writes)
+hold host arrays without OCDBT: each parameter is one zarr array named by its
+path, so the same weights give the same bytes on any machine and device count.
+No checkpoint keeps Orbax's ``commit_success.txt`` (it records the absolute
+folder) or ``_CHECKPOINT_METADATA`` (timestamps): restores never read them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,12 +37,13 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping
-from pathlib import Path
+import zlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from zoo import env
-from zoo.download import atomic_write_bytes, download, sha256_file
+from zoo.download import CHUNK, atomic_write_bytes, download, owned_temp_prefix, reclaim_stale, sha256_file, size_limit
 from zoo.errors import IntegrityError, OfflineError, ZooError
 
 MANIFEST = "MANIFEST.json"
@@ -44,50 +57,92 @@ class CheckpointError(ZooError):
 # --------------------------------------------------------------------------- manifest
 
 
-def _files(directory: Path) -> list[str]:
+def _walk(directory: Path) -> tuple[list[str], list[str]]:
+    """(files, folders) under ``directory`` as sorted posix paths, the top-level MANIFEST excluded.
+
+    Refuses symbolic links (to files or folders: a restore would follow what a
+    hash never saw) and anything that is not a regular file or a folder.
+    """
+    files, folders, pending = [], [], [directory]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                name = Path(entry.path).relative_to(directory).as_posix()
+                if entry.is_symlink():
+                    raise IntegrityError(f"{entry.path} is a symbolic link; a checkpoint may hold only its own files")
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(name)
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    files.append(name)
+                else:
+                    raise IntegrityError(f"{entry.path} is not a regular file")
     # Only the top-level MANIFEST is exempt: a file of that name deeper down is data like any other.
-    names = (p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
-    return sorted(name for name in names if name != MANIFEST)
+    return sorted(f for f in files if f != MANIFEST), sorted(folders)
 
 
 def write_manifest(directory: Path) -> str:
     """Seal ``directory``: hash every file into MANIFEST.json (atomically). Returns the manifest's sha256."""
     directory = Path(directory)
-    manifest = {"format": 1, "files": {name: sha256_file(directory / name) for name in _files(directory)}}
+    files, _ = _walk(directory)
+    manifest = {
+        "format": 1,
+        "files": {name: sha256_file(directory / name) for name in files},
+        "sizes": {name: (directory / name).stat().st_size for name in files},
+    }
     data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     atomic_write_bytes(directory / MANIFEST, data)
     return hashlib.sha256(data).hexdigest()
+
+
+def parse_manifest(data: bytes, where: Path | str) -> tuple[dict[str, str], dict[str, int] | None]:
+    """(sha256 by file, size by file or None) of a manifest's bytes; IntegrityError if malformed."""
+    try:
+        manifest = json.loads(data)
+        listed, sizes = manifest["files"], manifest.get("sizes")
+        valid = manifest["format"] == 1 and isinstance(listed, dict) and all(isinstance(v, str) for v in listed.values())
+        valid = valid and (
+            sizes is None
+            or (isinstance(sizes, dict) and sizes.keys() == listed.keys() and all(type(v) is int and v >= 0 for v in sizes.values()))
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):  # AttributeError: a JSON list has no .get
+        valid = False
+    if not valid:
+        raise IntegrityError(f"{where} is not a valid manifest (format 1)")
+    return listed, sizes
 
 
 def verify(directory: Path, expected_sha256: str | None = None) -> None:
     """Check the manifest (against ``expected_sha256`` if given) and every file it lists.
 
     Raises CheckpointError if there is no manifest, IntegrityError naming the first
-    file that is missing, altered or not listed.
+    file that is missing, altered, not listed, or a link; and the first folder
+    that holds no listed file.
     """
     directory = Path(directory)
     manifest_path = directory / MANIFEST
+    if manifest_path.is_symlink():
+        raise IntegrityError(f"{manifest_path} is a symbolic link; a checkpoint may hold only its own files")
     if not manifest_path.is_file():
         raise CheckpointError(f"{directory} has no {MANIFEST}: an incomplete save, or not a zoo checkpoint")
     data = manifest_path.read_bytes()
     if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise IntegrityError(f"{manifest_path} does not match the sha256 pinned in the catalogue")
-    try:
-        manifest = json.loads(data)
-        listed = manifest["files"]
-        valid = manifest["format"] == 1 and isinstance(listed, dict) and all(isinstance(v, str) for v in listed.values())
-    except (ValueError, KeyError, TypeError):
-        valid = False
-    if not valid:
-        raise IntegrityError(f"{manifest_path} is not a valid manifest (format 1)")
-    present = set(_files(directory))
-    for name, digest in sorted(listed.items()):
+    listed, sizes = parse_manifest(data, manifest_path)
+    files, folders = _walk(directory)
+    present = set(files)
+    for name in sorted(listed):
         if name not in present:
             raise IntegrityError(f"{directory / name} is missing from the checkpoint")
-        if sha256_file(directory / name) != digest:
-            raise IntegrityError(f"{directory / name} is corrupted (sha256 differs from {MANIFEST})")
     if extra := sorted(present - set(listed)):
         raise IntegrityError(f"{directory / extra[0]} is not listed in {MANIFEST}")
+    needed = {parent.as_posix() for name in listed for parent in PurePosixPath(name).parents} - {"."}
+    if stray := sorted(set(folders) - needed):
+        raise IntegrityError(f"{directory / stray[0]} is a folder {MANIFEST} does not list")
+    for name, digest in sorted(listed.items()):
+        path = directory / name
+        if (sizes is not None and path.stat().st_size != sizes[name]) or sha256_file(path) != digest:
+            raise IntegrityError(f"{path} is corrupted (sha256 differs from {MANIFEST})")
 
 
 def manifest_sha256(directory: Path) -> str:
@@ -149,19 +204,83 @@ def params_digest(tree: Any) -> str:
 
 # --------------------------------------------------------------------------- save / restore
 
+ORBAX_FAILURES = (OSError, ValueError, KeyError)
+"""What Orbax and tensorstore raise for bytes or folders they cannot use: a full disk
+comes as ``ValueError: RESOURCE_EXHAUSTED ... No space left on device``, unreadable
+JSON as ``ValueError``, a missing key as ``KeyError``, a missing file as ``OSError``.
+Anything else is a bug and keeps its traceback."""
 
-def _checkpointer():
+MACHINE_FILES = ("commit_success.txt", "_CHECKPOINT_METADATA")
+"""Orbax's files that record where and when a save ran (an absolute folder, timestamps).
+Restores never read them, and nothing machine-specific belongs in a checkpoint."""
+
+
+def _checkpointer(items: Mapping[str, Any] = {}, use_ocdbt: bool = True):  # noqa: B006 - read-only default
+    """A synchronous Orbax checkpointer; ``items`` name the pytree items when saving."""
     import orbax.checkpoint as ocp
 
-    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    handlers = {name: ocp.StandardCheckpointHandler(use_ocdbt=use_ocdbt) for name in items}
+    if handlers:
+        handlers["meta"] = ocp.JsonCheckpointHandler()
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**handlers))
 
 
-def save(directory: Path, items: Mapping[str, Any], meta: Mapping[str, Any]) -> str | None:
+class _DropOrbaxRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "orbax" not in record.pathname
+
+
+@contextlib.contextmanager
+def _orbax_quiet() -> Iterator[None]:
+    """Silence Orbax's log records (absl) while we call it.
+
+    Its writer threads log each failure with a full traceback before the caller
+    sees the exception (two tracebacks for one full disk, measured); we raise that
+    exception once, as one line. Its warnings ("Skipping merge of OCDBT
+    checkpoints" for every portable save) say nothing a user can act on.
+    """
+    quiet = _DropOrbaxRecords()
+    logger = logging.getLogger("absl")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _reason(error: BaseException) -> str:
+    """One line: the error's type and message, whitespace collapsed, at most 400 characters."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _remove_partial(directory: Path) -> None:
+    """Delete what an interrupted or failed save left (single process: nobody else is writing)."""
+    import jax
+
+    if jax.process_count() > 1:  # the other processes may still write; StepDirectory ignores unsealed steps
+        return
+    for leftover in [directory, *directory.parent.glob(f"{directory.name}.orbax-checkpoint-tmp*")]:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _host_arrays(tree: Any) -> Any:
+    """Every leaf as a numpy array: Orbax then writes one chunk per array, whatever the devices."""
+    import jax
+    import numpy as np
+
+    return jax.tree.map(np.asarray, tree)
+
+
+def save(directory: Path, items: Mapping[str, Any], meta: Mapping[str, Any], *, portable: bool = False) -> str | None:
     """Write pytrees ``items`` and JSON ``meta`` as one sealed checkpoint folder.
 
     Every process must call this (Orbax writes each process's shards); process 0
     writes the manifest once all are done. Returns the manifest sha256 on process 0.
-    Any failure (a full disk, say) is raised as CheckpointError, never swallowed.
+    ``portable=True`` (single process) writes the byte-reproducible layout of the
+    module docstring. Any failure (a full disk, say) is raised as one-line
+    CheckpointError and leaves no partial folder; Ctrl-C leaves none either.
     """
     import jax
     import orbax.checkpoint as ocp
@@ -170,28 +289,44 @@ def save(directory: Path, items: Mapping[str, Any], meta: Mapping[str, Any]) -> 
     directory = Path(directory).absolute()
     if directory.exists():
         raise CheckpointError(f"{directory} already exists; refusing to overwrite a checkpoint")
+    if portable:
+        if jax.process_count() > 1:
+            raise CheckpointError("a portable checkpoint is written by a single process")
+        items = {name: _host_arrays(tree) for name, tree in items.items()}
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
     args["meta"] = ocp.args.JsonSave(dict(meta))
     try:
-        checkpointer = _checkpointer()
-        checkpointer.save(directory, ocp.args.Composite(**args))
-        checkpointer.close()
+        checkpointer = _checkpointer(items, use_ocdbt=not portable)
+        with _orbax_quiet():
+            try:
+                checkpointer.save(directory, ocp.args.Composite(**args))
+            finally:
+                checkpointer.close()  # joins Orbax's threads on every exit path, a second Ctrl-C included
         multihost_utils.sync_global_devices(f"zoo-checkpoint-{directory}")
         if jax.process_index() == 0:
+            for leftover in (p for name in MACHINE_FILES for p in directory.rglob(name)):
+                leftover.unlink()
             return write_manifest(directory)
-    except ZooError:
+    except ORBAX_FAILURES as e:
+        _remove_partial(directory)
+        raise CheckpointError(f"saving checkpoint {directory} failed: {_reason(e)}") from e
+    except BaseException:
+        _remove_partial(directory)
         raise
-    except Exception as e:  # noqa: BLE001 - Orbax/OS errors vary; the user needs the one line
-        raise CheckpointError(f"saving checkpoint {directory} failed: {type(e).__name__}: {e}") from e
     return None
 
 
-def read_meta(directory: Path) -> dict[str, Any]:
-    """The JSON ``meta`` item (call ``verify`` first)."""
+def read_meta(directory: Path, require: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON ``meta`` item (call ``verify`` first); CheckpointError unless a JSON object with ``require``'s keys."""
     try:
-        return json.loads((Path(directory) / "meta" / "metadata").read_text())
+        meta = json.loads((Path(directory) / "meta" / "metadata").read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{directory}: cannot read checkpoint metadata: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{directory}: checkpoint metadata is a JSON {type(meta).__name__}, not an object")
+    if missing := [key for key in require if key not in meta]:
+        raise CheckpointError(f"{directory}: checkpoint metadata lacks {', '.join(map(repr, missing))}")
+    return meta
 
 
 def stored_tree(directory: Path, item: str) -> dict[str, Any]:
@@ -202,10 +337,11 @@ def stored_tree(directory: Path, item: str) -> dict[str, Any]:
     if not folder.is_dir():
         raise CheckpointError(f"{directory}: the checkpoint has no {item!r} item")
     try:
-        metadata = ocp.StandardCheckpointHandler().metadata(folder)
-    except Exception as e:  # noqa: BLE001 - unreadable, whatever Orbax calls it
-        raise CheckpointError(f"{directory}: cannot read the {item!r} tree: {type(e).__name__}: {e}") from None
-    return tree_paths(dict(metadata.tree))
+        with _orbax_quiet():
+            metadata = ocp.StandardCheckpointHandler().metadata(folder)
+        return tree_paths(dict(metadata.tree))
+    except ORBAX_FAILURES as e:
+        raise CheckpointError(f"{directory}: cannot read the {item!r} tree: {_reason(e)}") from None
 
 
 def restore(
@@ -224,10 +360,14 @@ def restore(
     for item, target in targets.items():
         compare_trees(target, stored_tree(directory, item), f"checkpoint {directory} ({item})")
     args = {item: ocp.args.StandardRestore(target) for item, target in targets.items()}
+    checkpointer = _checkpointer()
     try:
-        restored = _checkpointer().restore(directory, ocp.args.Composite(**args))
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"restoring {directory} failed: {type(e).__name__}: {e}") from e
+        with _orbax_quiet():
+            restored = checkpointer.restore(directory, ocp.args.Composite(**args))
+    except ORBAX_FAILURES as e:
+        raise CheckpointError(f"restoring {directory} failed: {_reason(e)}") from e
+    finally:
+        checkpointer.close()
     return {item: restored[item] for item in targets}
 
 
@@ -252,6 +392,8 @@ class StepDirectory:
         """Why ``child`` is not a trustworthy step, or None."""
         if not child.name.isdigit():
             return "not a step folder (an interrupted save leaves these)"
+        if child.is_symlink():
+            return "a symbolic link; a step must be a folder of its own"
         try:
             verify(child)
         except ZooError as e:
@@ -288,19 +430,30 @@ class StepDirectory:
         from jax.experimental import multihost_utils
 
         path = self.path(step)
-        if path.exists() and jax.process_index() == 0:  # a stale, unsealed folder of a killed run
-            shutil.rmtree(path)
+        if jax.process_index() == 0:  # a stale, unsealed folder of a killed run (or a planted link)
+            if path.is_symlink():
+                path.unlink()
+            elif path.exists():
+                shutil.rmtree(path)
         multihost_utils.sync_global_devices(f"zoo-clear-{path}")  # nobody writes before it is gone
         save(path, items, meta)
+
+    def _score(self, step: int, metric: str) -> Any:
+        """The step's recorded ``eval[metric]``, or None when its metadata does not say."""
+        try:
+            evaluation = read_meta(self.path(step)).get("eval")
+        except CheckpointError:
+            return None
+        return evaluation.get(metric) if isinstance(evaluation, dict) else None
 
     def prune(self, keep: int, metric: tuple[str, str] | None = None) -> None:
         """Keep the newest ``keep`` steps, and the best by ``metric`` (name, "min"|"max") if given."""
         # Sealed steps only; no re-hashing: pruning deletes, it never trusts.
-        steps = [int(c.name) for c in self._numbered() if (c / MANIFEST).is_file()]
+        steps = [int(c.name) for c in self._numbered() if not c.is_symlink() and (c / MANIFEST).is_file()]
         kept = set(steps[-keep:]) if keep > 0 else set()
         if metric is not None:
             name, mode = metric
-            scored = [(read_meta(self.path(s)).get("eval", {}).get(name), s) for s in steps]
+            scored = [(self._score(s, name), s) for s in steps]
             scored = [(v, s) for v, s in scored if isinstance(v, int | float)]
             if scored:
                 kept.add((min if mode == "min" else max)(scored)[1])
@@ -311,22 +464,73 @@ class StepDirectory:
 
 # --------------------------------------------------------------------------- remote checkpoints
 
+MAX_MANIFEST_BYTES = 64 << 20
+"""A manifest lists paths and hashes: 64 MiB would list about half a million files."""
 
-def _safe_extract(archive: Path, into: Path) -> None:
-    """Unzip refusing absolute paths, ``..`` and links: an archive may not write outside ``into``."""
+
+def _copy_bounded(source: Any, dest: Path, bound: int, what: str) -> int:
+    """Copy ``source`` (a readable stream) to a new file ``dest``, refusing at ``bound + 1`` bytes."""
+    written = 0
+    with open(dest, "xb") as out:  # "x": a name repeated in the archive is refused, not overwritten
+        while chunk := source.read(min(CHUNK, bound + 1 - written)):
+            written += len(chunk)
+            if written > bound:
+                raise IntegrityError(f"{what} expands beyond the {bound} bytes allowed for it; stopped extracting")
+            out.write(chunk)
+    return written
+
+
+def _archive_manifest(zf: zipfile.ZipFile, archive: str, sha256: str) -> tuple[str, bytes]:
+    """(folder prefix inside the archive, MANIFEST bytes), checked against the pinned sha256 first."""
+    depth = lambda info: len(PurePosixPath(info.filename).parts)  # noqa: E731
+    found = [i for i in zf.infolist() if PurePosixPath(i.filename).name == MANIFEST and depth(i) <= 2]
+    if not found:
+        raise IntegrityError(f"{archive} holds no {MANIFEST}: not an archive of a zoo checkpoint")
+    info = min(found, key=depth)
+    with zf.open(info) as member:
+        data = member.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES or hashlib.sha256(data).hexdigest() != sha256:
+        raise IntegrityError(f"{archive}: its {MANIFEST} does not match the sha256 pinned in the catalogue")
+    return info.filename[: -len(MANIFEST)], data
+
+
+def _safe_extract(archive: Path, into: Path, sha256: str, limit: int) -> None:
+    """Unzip a checkpoint, trusting nothing until it is checked.
+
+    The MANIFEST is read first and must match the pinned ``sha256``; then every
+    member must be a file it lists, inside the archive's one folder (no absolute
+    paths, ``..`` or links), and is stopped at the first byte beyond the size the
+    manifest gives it (``limit`` in all for a manifest without sizes): a zip bomb
+    writes at most what the checkpoint would.
+    """
     with zipfile.ZipFile(archive) as zf:
+        prefix, manifest = _archive_manifest(zf, str(archive), sha256)
+        listed, sizes = parse_manifest(manifest, f"{archive}:{prefix}{MANIFEST}")
+        total = 0
         for info in zf.infolist():
-            name = Path(info.filename)
+            name = PurePosixPath(info.filename)
             if name.is_absolute() or ".." in name.parts or (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise IntegrityError(f"{archive}: refusing unsafe member {info.filename!r}")
-        zf.extractall(into)
+            if info.is_dir():
+                continue
+            relative = info.filename[len(prefix) :] if info.filename.startswith(prefix) else None
+            if relative != MANIFEST and relative not in listed:
+                raise IntegrityError(f"{archive}: member {info.filename!r} is not listed in its {MANIFEST}")
+            bound = len(manifest) if relative == MANIFEST else sizes[relative] if sizes else limit - total
+            dest = into / relative
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as member:
+                total += _copy_bounded(member, dest, bound, f"{archive}: member {info.filename!r}")
 
 
-def fetch_remote(url: str, sha256: str, name: str) -> Path:
+def fetch_remote(url: str, sha256: str, name: str, *, size: int | None = None) -> Path:
     """The verified local copy of a remote checkpoint (a .zip of its folder), fetched once.
 
     Downloads into ``$ZOO_HOME/checkpoints/<name>-<sha256[:16]>`` atomically: the
-    folder appears only after the pinned manifest and every file verified.
+    folder appears only after the pinned manifest and every file verified. The
+    download is bounded by ``size`` (the catalogue's) or the download limit, the
+    extraction by the manifest's sizes; any failure leaves nothing in the cache,
+    and temporaries of fetches killed earlier are reclaimed first.
     """
     cache = env.home() / "checkpoints" / f"{name}-{sha256[:16]}"
     if cache.is_dir():
@@ -335,19 +539,19 @@ def fetch_remote(url: str, sha256: str, name: str) -> Path:
     if env.offline():
         raise OfflineError(f"{name} is not cached and ZOO_OFFLINE=1; fetch {url} (run `zoo sample {name}` once online)")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache.parent, prefix=".fetch-") as tmp:
-        archive = download(url, Path(tmp) / "checkpoint.zip", what=f"checkpoint {name}")
+    reclaim_stale(cache.parent, ".fetch")
+    with tempfile.TemporaryDirectory(dir=cache.parent, prefix=owned_temp_prefix(".fetch")) as tmp:
+        archive = download(url, Path(tmp) / "checkpoint.zip", what=f"checkpoint {name}", size=size)
         unpacked = Path(tmp) / "unpacked"
         unpacked.mkdir()  # an archive with no members creates nothing; it must still fail verification
         try:
-            _safe_extract(archive, unpacked)
-        except zipfile.BadZipFile:
-            raise IntegrityError(f"{url} is not a zip archive of a checkpoint") from None
-        roots = [p for p in unpacked.iterdir()]
-        folder = roots[0] if len(roots) == 1 and roots[0].is_dir() and not (unpacked / MANIFEST).exists() else unpacked
-        verify(folder, sha256)
+            _safe_extract(archive, unpacked, sha256, size_limit())
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+            raise IntegrityError(f"{url} is not a readable zip archive of a checkpoint: {_reason(e)}") from None
+        archive.unlink()
+        verify(unpacked, sha256)
         try:
-            os.replace(folder, cache)
+            os.replace(unpacked, cache)
         except OSError:
             if not cache.is_dir():
                 raise

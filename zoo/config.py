@@ -74,8 +74,57 @@ def _coerce_value(value: Any, kind: Any, field: str) -> Any:
     return value
 
 
+_UNCHECKED = object()
+
+
+def _conform(value: Any, kind: Any) -> Any:
+    """``value`` as a ``kind`` (lists become tuples, ints widen to float), or ``_UNCHECKED`` if it is not one.
+
+    Types this cannot judge (a class of the plugin's own, a forward reference)
+    pass as given: the config's ``__post_init__`` checks those.
+    """
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            if (fitted := _conform(value, option)) is not _UNCHECKED:
+                return fitted
+        return _UNCHECKED
+    if kind is type(None):
+        return None if value is None else _UNCHECKED
+    if origin is typing.Literal:  # type too: Literal[1] is not met by True or 1.0
+        return value if any(value == c and type(value) is type(c) for c in args) else _UNCHECKED
+    if origin is tuple or kind is tuple:
+        if not isinstance(value, tuple | list):
+            return _UNCHECKED
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args or [Any] * len(value))
+        if len(kinds) != len(value):
+            return _UNCHECKED
+        items = tuple(_conform(v, k) for v, k in zip(value, kinds))
+        return _UNCHECKED if any(v is _UNCHECKED for v in items) else items
+    if kind is bool:
+        return value if isinstance(value, bool) else _UNCHECKED
+    if kind is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _UNCHECKED
+    if kind is float:
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else _UNCHECKED
+    if isinstance(kind, type) and origin is None:
+        return value if isinstance(value, kind) else _UNCHECKED
+    return value
+
+
+def _type_name(kind: Any) -> str:
+    return kind.__name__ if isinstance(kind, type) and typing.get_origin(kind) is None else str(kind).replace("typing.", "")
+
+
 def fill_dataclass(cls: type, base: Mapping[str, Any], overrides: Mapping[str, Any] | None, what: str) -> Any:
-    """``cls(**base, **overrides)`` with overrides checked against the fields and parsed by their types."""
+    """``cls(**base, **overrides)`` with every value checked against its field's declared type.
+
+    Text overrides (``--set``) are parsed by that type first; other values (a
+    catalogue's TOML, a saved config, Python callers) must already be of it, so
+    ``latent_dim = 1.5`` or ``kind = 5`` is one UsageError, not a failure deep in a build.
+    """
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     values = dict(base)
@@ -83,6 +132,11 @@ def fill_dataclass(cls: type, base: Mapping[str, Any], overrides: Mapping[str, A
         if key not in fields:
             raise UnknownName(f"field of {what}", key, fields)
         values[key] = _coerce_value(value, hints[key], key)
+    for key in values.keys() & hints.keys():
+        fitted = _conform(values[key], hints[key])
+        if fitted is _UNCHECKED:
+            raise UsageError(f"invalid {what}: {key} must be {_type_name(hints[key])}; got {values[key]!r}")
+        values[key] = fitted
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:

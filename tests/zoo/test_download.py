@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import urllib.request
 
 import pytest
 
@@ -46,6 +45,8 @@ class FakeResponse(io.BytesIO):
         if self.fail_after is not None and self.tell() >= self.fail_after:
             raise ConnectionResetError("connection reset by peer")
         return super().read(min(size, 1000) if size and size > 0 else size)
+
+    read1 = read  # the downloader reads with read1 (one recv at most) when the response has it
 
 
 def test_sha256_file_matches_hashlib(source):
@@ -102,7 +103,7 @@ def test_offline_refuses_before_any_attempt(tmp_path, monkeypatch, scheme):
     def no_network(*args, **kwargs):
         raise AssertionError("urlopen must not be called offline")
 
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(dl, "_open", no_network)
     monkeypatch.setenv("ZOO_OFFLINE", "1")
     dest = tmp_path / "x.bin"
     with pytest.raises(OfflineError) as info:
@@ -131,21 +132,21 @@ def test_network_errors_become_zoo_errors(tmp_path, monkeypatch, error):
         assert timeout == dl.TIMEOUT_S
         raise error
 
-    monkeypatch.setattr(urllib.request, "urlopen", failing)
+    monkeypatch.setattr(dl, "_open", failing)
     with pytest.raises(ZooError, match="https://example.org/x.bin.*" + str(error)):
         dl.download("https://example.org/x.bin", tmp_path / "x.bin")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_error_mid_body_leaves_no_partial_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: FakeResponse(PAYLOAD, fail_after=5000))
+    monkeypatch.setattr(dl, "_open", lambda url, timeout: FakeResponse(PAYLOAD, fail_after=5000))
     with pytest.raises(ZooError, match="connection reset"):
         dl.download("https://example.org/x.bin", tmp_path / "x.bin")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_body_shorter_than_content_length_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: FakeResponse(PAYLOAD, length=len(PAYLOAD) + 1))
+    monkeypatch.setattr(dl, "_open", lambda url, timeout: FakeResponse(PAYLOAD, length=len(PAYLOAD) + 1))
     with pytest.raises(ZooError, match="cut short"):
         dl.download("https://example.org/x.bin", tmp_path / "x.bin")
     assert list(tmp_path.iterdir()) == []
@@ -156,7 +157,9 @@ def test_interrupt_removes_temp_file(tmp_path, monkeypatch):
         def read(self, size=-1):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Interrupting(PAYLOAD))
+        read1 = read
+
+    monkeypatch.setattr(dl, "_open", lambda url, timeout: Interrupting(PAYLOAD))
     with pytest.raises(KeyboardInterrupt):
         dl.download("https://example.org/x.bin", tmp_path / "x.bin")
     assert os.listdir(tmp_path) == []
