@@ -10,6 +10,7 @@ it finds an installed package.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import subprocess
@@ -321,6 +322,21 @@ def site(tmp_path, monkeypatch):
         origin = getattr(module, "__file__", None) or ""
         if origin.startswith(str(root)):
             del sys.modules[name]
+
+
+@contextlib.contextmanager
+def on_sys_path(root: Path):
+    """``root`` on sys.path, for fixtures wider than one test; modules imported from it are forgotten after."""
+    sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+    before = set(sys.modules)
+    try:
+        yield root
+    finally:
+        sys.path.remove(str(root))
+        for name in set(sys.modules) - before:
+            if (getattr(sys.modules.get(name), "__file__", None) or "").startswith(str(root)):
+                del sys.modules[name]
 
 
 # --------------------------------------------------------------------------- catalogues

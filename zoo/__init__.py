@@ -3,6 +3,7 @@
     import zoo
     zoo.list_models("vae*")
     images = zoo.load("vae-mnist").sample(16)          # (16, 28, 28, 1) in [0, 1]
+    probs = zoo.load("cnn-mnist").predict(images)      # (16, 10) class probabilities
     model = zoo.build("vae", variant="dense-20")
     result = zoo.train("vae", steps=1000, workdir="runs/vae")
 
@@ -14,6 +15,7 @@ from zoo.api import build as build
 from zoo.api import info as info
 from zoo.api import list_models as list_models
 from zoo.api import load as load
+from zoo.api import predict as predict
 from zoo.api import sample as sample
 from zoo.api import train as train
 from zoo.api import verify as verify

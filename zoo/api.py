@@ -184,7 +184,7 @@ def load(name_or_path: str | Path, **overrides: Any):
     """A pretrained model (catalogue name), training workdir or checkpoint folder, restored and verified.
 
     Returns a ``zoo.pretrained.LoadedModel``: ``.model``, ``.config``, ``.card``,
-    ``.sample(n, seed=0)``, ``.evaluate()``.
+    ``.sample(n, seed=0)``, ``.predict(inputs)``, ``.evaluate()``.
     """
     from zoo import pretrained
 
@@ -194,6 +194,11 @@ def load(name_or_path: str | Path, **overrides: Any):
 def sample(name_or_path: str | Path, n: int = 16, *, seed: int = 0, **options: Any) -> Any:
     """``n`` samples from a pretrained model or workdir (see ``LoadedModel.sample``)."""
     return load(name_or_path).sample(n, seed=seed, **options)
+
+
+def predict(name_or_path: str | Path, inputs: Any, **options: Any) -> Any:
+    """Class probabilities ``(N, K)`` from a pretrained model or workdir (see ``LoadedModel.predict``)."""
+    return load(name_or_path).predict(inputs, **options)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -158,7 +158,10 @@ def _write_samples(samples: Any, out: Path | None) -> None:
     from zoo import images
     from zoo.download import atomic_write_bytes
 
-    if isinstance(samples, list):  # texts
+    kind = "texts" if isinstance(samples, list) else "images"
+    if out is not None and out.suffix.lower() not in OUT_SUFFIXES[kind]:
+        raise UsageError(f"--out must end in {' or '.join(OUT_SUFFIXES[kind])} for {kind}; got {out.name}")
+    if kind == "texts":
         text = "\n\n".join(samples) + "\n"
         if out is None:
             click.echo(text, nl=False)
@@ -167,8 +170,6 @@ def _write_samples(samples: Any, out: Path | None) -> None:
             click.echo(f"wrote {len(samples)} samples to {out}", err=True)
         return
     samples = np.asarray(samples)
-    if out is not None and out.suffix.lower() not in OUT_SUFFIXES["images"]:
-        raise UsageError(f"--out must end in {' or '.join(OUT_SUFFIXES['images'])} for images; got {out.name}")
     if out is None:
         for image in samples[:3]:
             click.echo(images.ascii_preview(image) + "\n")
@@ -203,6 +204,34 @@ def sample(name: str, n: int, seed: int, out: Path | None, prompt: str | None, s
         raise UsageError(f"--out must end in .png or .npy (images) or .txt (texts); got {out.name}")
     model = api.load(name, **parse_assignments(settings))
     _write_samples(model.sample(n, seed=seed, **options), out)
+
+
+@cli.command()
+@click.argument("name")
+@click.option(
+    "--input", "inputs", multiple=True, required=True, metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An image (PNG, JPEG...), a .npy array (one example or a batch) or a .txt text; repeatable.",
+)  # fmt: skip
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="How many classes per input.")
+@click.option("--option", "predict_options", multiple=True, metavar="KEY=VALUE", help="Plugin predict option.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def predict(name: str, inputs: tuple[Path, ...], top: int, predict_options, as_json: bool) -> None:
+    """Classify input files with a pretrained model NAME or a training WORKDIR."""
+    from zoo import prediction
+
+    prediction.check_paths(inputs)  # a file it cannot read fails before the model loads
+    _quiet_jax_logs()
+    model = api.load(name)
+    declared = model.dataset_declaration
+    batch, labels = prediction.read_files(inputs, declared and declared.image_shape)
+    probabilities = model.predict(batch, **parse_assignments(predict_options))
+    ranked = prediction.top_classes(probabilities, model.classes, top)
+    if as_json:
+        _emit_json([{"input": label, "top": best} for label, best in zip(labels, ranked, strict=True)])
+        return
+    for label, best in zip(labels, ranked, strict=True):
+        click.echo(f"{label}: " + ", ".join(f"{c['class']} {c['probability']:.3f}" for c in best))
 
 
 @cli.command("eval")

@@ -1,16 +1,23 @@
-"""Images out: a grid of samples as PNG (zlib + struct; no imaging dependency), and a terminal preview."""
+"""Image files in and out, through Pillow: sample grids as PNG, any image file as a model input, a terminal preview.
+
+Pillow reads every format people have (PNG, JPEG, BMP, GIF, WebP, TIFF; grey,
+palette, colour, 16-bit, with alpha) and writes PNG; a hand-written codec would
+cover a fraction of that.
+"""
 
 from __future__ import annotations
 
+import io
 import math
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from zoo.download import atomic_write_bytes
 from zoo.errors import UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+"""File suffixes read as images (by ``read_image``)."""
 
 
 def grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
@@ -35,20 +42,49 @@ def grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.nda
 
 def png_bytes(image: np.ndarray) -> bytes:
     """uint8 (H, W, 1 or 3) -> PNG file bytes (8-bit grey or RGB)."""
-    h, w, c = image.shape
-    color_type = {1: 0, 3: 2}[c]
-    raw = b"".join(b"\x00" + image[y].tobytes() for y in range(h))  # filter type 0 per row
+    from PIL import Image
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def save_grid(images: np.ndarray, path: Path, columns: int | None = None) -> Path:
     """Write ``images`` as one PNG grid at ``path`` (atomically)."""
     return atomic_write_bytes(Path(path), png_bytes(grid(images, columns)))
+
+
+def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """An image file as float32 ``shape`` = (H, W, C) in [0, 1], C being 1 (grey) or 3 (RGB).
+
+    Any size and mode Pillow opens: converted to grey or RGB, transparent parts
+    laid on black (the background of digit datasets), 16-bit kept at full
+    precision, EXIF rotation applied, and resized bilinearly when its size differs.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    height, width, channels = shape
+    if channels not in (1, 3):
+        raise UsageError(f"{path}: the model takes {channels}-channel images; pass them as a .npy array")
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            if "A" in image.getbands() or "transparency" in image.info:
+                black = Image.new("RGBA", image.size, (0, 0, 0, 255))
+                image = Image.alpha_composite(black, image.convert("RGBA"))
+            high_depth = image.mode.startswith("I")  # 16-bit grey: "F" keeps all 65536 levels, "L" would clip
+            image = image.convert("F" if high_depth else "L" if channels == 1 else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, np.float32) / (65535.0 if high_depth else 255.0)
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise UsageError(f"{path}: not an image Pillow can read ({e})") from None
+    except OSError as e:  # truncated or corrupt data
+        raise UsageError(f"{path}: cannot decode the image: {e}") from None
+    pixels = pixels.reshape(height, width, -1)
+    if pixels.shape[-1] != channels:  # 16-bit grey for a colour model
+        pixels = np.repeat(pixels, channels, axis=-1)
+    return np.clip(pixels, 0.0, 1.0)
 
 
 def ascii_preview(image: np.ndarray, width: int = 28) -> str:

@@ -52,17 +52,51 @@ class LoadedModel:
 
         if n < 1:
             raise UsageError(f"n must be at least 1; got {n}")
+        if self.plugin.sample is None:
+            raise UsageError(f"plugin {self.plugin.name!r} has no sample: it predicts (`zoo predict`, `.predict(inputs)`)")
         sample = self.plugin.resolve("sample")
         options = call_options(sample, options, f"{self.plugin.name} sample option")
+        memory.check_sample(sample, self.model, jax.random.key(seed), n, options, self.name)  # not a native abort
         return sample(self.model, jax.random.key(seed), n, **options)
+
+    def predict(self, inputs: Any, **options: Any) -> Any:
+        """Class probabilities ``np.ndarray (N, K)``; column ``k`` is ``self.classes[k]`` when the dataset names it.
+
+        ``inputs``: images ``(N, H, W, C)`` or one ``(H, W, C)``, float in [0, 1] or
+        uint8 (the shape the training dataset declares), or a list of texts.
+        """
+        from zoo import prediction
+
+        if self.plugin.predict is None:
+            raise UsageError(f"plugin {self.plugin.name!r} has no predict: it generates (`zoo sample`, `.sample(n)`)")
+        predict = self.plugin.resolve("predict")
+        options = call_options(predict, options, f"{self.plugin.name} predict option")
+        declared = self.dataset_declaration
+        return predict(self.model, prediction.prepare(inputs, declared and declared.image_shape), **options)
+
+    @property
+    def dataset_declaration(self) -> Any:
+        """The training dataset's ``zoo.data.Dataset`` (its classes, image shape), or None if it is not installed."""
+        from zoo import data as datasets
+
+        try:
+            return datasets.get(self.dataset)
+        except ZooError:  # unknown or broken here: predict still works on arrays and texts
+            return None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Names of the classes ``predict``'s columns stand for (empty if the dataset names none)."""
+        declared = self.dataset_declaration
+        return tuple(declared.classes) if declared else ()
 
     def evaluate(self, data: Mapping[str, Any] | None = None) -> dict[str, float]:
         """The plugin's metrics on ``data`` (default: the test split of the training dataset)."""
         from zoo import data as datasets
 
-        evaluate = self.plugin.resolve("evaluate")
+        evaluate = self.plugin.resolve("evaluate")  # guarded: its metrics come back checked, as floats
         arrays = data if data is not None else datasets.load(self.dataset, "test")
-        return {k: float(v) for k, v in evaluate(self.model, arrays).items()}
+        return evaluate(self.model, arrays)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ from helpers import (
 from zoo import registry
 
 SHIPPED = set(registry.catalog().entries)  # the repo's own registry.toml
+BUILTIN = {r.name for r in registry.records() if r.builtin}  # the plugins flax-zoo ships
 
 
 @pytest.fixture
@@ -126,7 +127,7 @@ def test_broken_plugins_through_the_console_script(site):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     rows = listed(result.stdout)
-    assert set(rows) == {*reasons, "vae", "fakeok", *SHIPPED}
+    assert set(rows) == {*reasons, *BUILTIN, "fakeok", *SHIPPED}
     for name in reasons:
         assert "BROKEN" in rows[name], rows[name]
     assert "BROKEN" not in rows["vae"] and "BROKEN" not in rows["fakeok"]
@@ -137,7 +138,7 @@ def test_broken_plugins_through_the_console_script(site):
     assert_one_line_error(result.stderr, "'importfail'", "broken", "libfoo")
 
     result = run_zoo("list", pythonpath=site, ZOO_DISABLE_PLUGIN_AUTOLOAD="1")
-    assert result.returncode == 0 and set(listed(result.stdout)) == {"vae", *SHIPPED}
+    assert result.returncode == 0 and set(listed(result.stdout)) == {*BUILTIN, *SHIPPED}
 
 
 def test_doctor_shows_each_reason_as_json(site):
@@ -209,8 +210,8 @@ def test_disable_autoload_in_process(site, monkeypatch):
     monkeypatch.setenv("ZOO_DISABLE_PLUGIN_AUTOLOAD", "1")
     code, out, err = run_main(["list", "--json"])
     plugins = [m for m in json.loads(out) if m["kind"] == "plugin"]
-    assert code == 0 and [m["name"] for m in plugins] == ["vae"]
-    assert plugins[0]["status"] == "ok"
+    assert code == 0 and [m["name"] for m in plugins] == sorted(BUILTIN)
+    assert all(m["status"] == "ok" for m in plugins)
     code, _, err = run_main(["info", "fakeok"])
     assert code == 2 and "unknown" in err
 
@@ -308,7 +309,7 @@ def test_list_text_and_filters(site, pretrained):
     code, out, err = run_main(["list"])
     assert code == 0 and err == ""
     rows = listed(out)
-    assert set(rows) == {"vae", "fakeok", "vae-toy", *SHIPPED}
+    assert set(rows) == {*BUILTIN, "fakeok", "vae-toy", *SHIPPED}
     assert "pretrained" in rows["vae-toy"] and "neg_elbo 98.7" in rows["vae-toy"]
     assert list(rows)[: len(SHIPPED) + 1] == sorted(["vae-toy", *SHIPPED])  # pretrained models first
     code, out, _ = run_main(["list", "vae-t*"])
