@@ -2,7 +2,7 @@
 
 ``tiny_zoo`` trains the VAE for 4 steps on 64 random images with its parameters
 split over the 8 CPU devices (``mesh="fsdp=8"``), sealing steps 2 and 4, exports
-the run and writes a
+the run (``zoo.publish.export``: the portable layout) and writes a
 catalogue ``registry.toml`` pinning the export's MANIFEST sha256 as ``tiny-vae``.
 Tests that damage anything work on ``tiny_zoo.copy(tmp_path)``, never on the
 shared original.
@@ -105,7 +105,7 @@ def tiny_zoo(tmp_path_factory) -> TinyZoo:
     # the cache keeps it to one training per session.
     if "zoo" not in _BUILT:
         import zoo
-        import zoo.pretrained
+        import zoo.publish
 
         base = tmp_path_factory.mktemp("tiny-zoo")
         data = tiny_images()
@@ -113,7 +113,7 @@ def tiny_zoo(tmp_path_factory) -> TinyZoo:
             "vae", workdir=base / "run", mesh=TRAIN_MESH, train_data=data, eval_data=data, progress=False, **TRAIN
         )
         root = base / "catalog"
-        sha = zoo.pretrained.export(base / "run", root / "checkpoints" / "tiny")
+        sha = zoo.publish.export(base / "run", root / "checkpoints" / "tiny", measure=False).sha256
         write_catalog(root / "registry.toml", "checkpoints/tiny", sha, metrics={"neg_elbo": round(result.loss, 3)})
         _BUILT["zoo"] = TinyZoo(base / "run", root, sha, result.params_digest, result.loss)
     return _BUILT["zoo"]

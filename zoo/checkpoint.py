@@ -208,7 +208,18 @@ ORBAX_FAILURES = (OSError, ValueError, KeyError)
 """What Orbax and tensorstore raise for bytes or folders they cannot use: a full disk
 comes as ``ValueError: RESOURCE_EXHAUSTED ... No space left on device``, unreadable
 JSON as ``ValueError``, a missing key as ``KeyError``, a missing file as ``OSError``.
-Anything else is a bug and keeps its traceback."""
+Anything else is a bug and keeps its traceback (see ``_bad_bytes``)."""
+
+
+def _bad_bytes(error: BaseException) -> bool:
+    """Whether ``error`` means "these bytes or folders are unusable" rather than a bug.
+
+    Orbax re-raises a tensorstore read failure (a corrupt zstd frame, measured) as a
+    plain ``Exception`` from the ``ValueError``; that one counts by its cause.
+    """
+    if isinstance(error, ORBAX_FAILURES):
+        return True
+    return type(error) is Exception and isinstance(error.__cause__, ORBAX_FAILURES)
 
 MACHINE_FILES = ("commit_success.txt", "_CHECKPOINT_METADATA")
 """Orbax's files that record where and when a save ran (an absolute folder, timestamps).
@@ -307,11 +318,10 @@ def save(directory: Path, items: Mapping[str, Any], meta: Mapping[str, Any], *, 
             for leftover in (p for name in MACHINE_FILES for p in directory.rglob(name)):
                 leftover.unlink()
             return write_manifest(directory)
-    except ORBAX_FAILURES as e:
+    except BaseException as e:
         _remove_partial(directory)
-        raise CheckpointError(f"saving checkpoint {directory} failed: {_reason(e)}") from e
-    except BaseException:
-        _remove_partial(directory)
+        if _bad_bytes(e):
+            raise CheckpointError(f"saving checkpoint {directory} failed: {_reason(e)}") from e
         raise
     return None
 
@@ -340,7 +350,9 @@ def stored_tree(directory: Path, item: str) -> dict[str, Any]:
         with _orbax_quiet():
             metadata = ocp.StandardCheckpointHandler().metadata(folder)
         return tree_paths(dict(metadata.tree))
-    except ORBAX_FAILURES as e:
+    except Exception as e:  # noqa: BLE001 - narrowed by _bad_bytes; a bug is re-raised as itself
+        if not _bad_bytes(e):
+            raise
         raise CheckpointError(f"{directory}: cannot read the {item!r} tree: {_reason(e)}") from None
 
 
@@ -364,7 +376,9 @@ def restore(
     try:
         with _orbax_quiet():
             restored = checkpointer.restore(directory, ocp.args.Composite(**args))
-    except ORBAX_FAILURES as e:
+    except Exception as e:  # noqa: BLE001 - narrowed by _bad_bytes; a bug is re-raised as itself
+        if not _bad_bytes(e):
+            raise
         raise CheckpointError(f"restoring {directory} failed: {_reason(e)}") from e
     finally:
         checkpointer.close()

@@ -168,7 +168,7 @@ def test_every_byte_of_a_real_checkpoint_is_covered(tmp_path, tiny_zoo):
     export = shutil.copytree(tiny_zoo.checkpoint, tmp_path / "export")
     step = shutil.copytree(tiny_zoo.run / "checkpoints" / "4", tmp_path / "4")
     names = files_of(export)
-    assert MANIFEST in names and len(names) >= 10  # meta, model (Orbax, ocdbt chunks), the manifest
+    assert MANIFEST in names and len(names) >= 10  # meta, model (Orbax: one zarr array per parameter), the manifest
     assert any(n.startswith("train/") for n in files_of(step))  # optimizer state is sealed too
 
     checked = []
