@@ -41,7 +41,7 @@ from flax import nnx
 
 import zoo
 import zoo.data
-from zoo import training
+from zoo.training import loop as training  # the module whose Prefetcher the staged run replaces
 from zoo.data.loader import ArrayLoader
 from zoo.reporting import Reporter
 from zoo_vae.train import negative_elbo

@@ -173,7 +173,10 @@ def train(
         progress=progress,
     )
     if init_from is not None:
-        registry.get_pretrained(init_from)  # unknown names fail before anything compiles
+        from zoo import pretrained
+
+        pretrained.check_loadable(init_from)  # unknown names and foreign folders fail before anything compiles
+    run.check()  # the core's own refusals, before the plugin's code runs
     result = p.resolve("train")(run)
     if not isinstance(result, training.TrainResult):
         raise ZooError(f"plugin {plugin!r}: train returned {type(result).__name__}, not a TrainResult")

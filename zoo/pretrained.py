@@ -160,16 +160,23 @@ def _resolve(name_or_path: str | Path, overrides: Mapping[str, Any] | None) -> _
     return _Source(str(name_or_path), plugin, config, folder, item, dataset)
 
 
+def check_loadable(name_or_path: str | Path) -> str:
+    """Check that ``name_or_path`` names loadable weights (a catalogue name, a workdir, a checkpoint
+    folder), verified; returns the plugin they belong to."""
+    return _resolve(name_or_path, None).plugin.name
+
+
 def _restore_model(source: _Source) -> Any:
     from flax import nnx
 
-    from zoo import sharding, training
+    from zoo import sharding
 
     mesh = sharding.make_mesh()
-    build = lambda: source.plugin.resolve("build")(source.config, nnx.Rngs(0))  # noqa: E731
-    model_def = training.ModelDef.create(build, mesh, [nnx.Param])
-    restored = checkpoint.restore(source.folder, {source.item: model_def.targets}, verified=True)[source.item]
-    return model_def.merge(restored)
+    with nnx.use_eager_sharding(False):
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: source.plugin.resolve("build")(source.config, nnx.Rngs(0))))
+    targets = sharding.abstract(nnx.to_pure_dict(state), sharding.state_shardings(state, mesh))
+    restored = checkpoint.restore(source.folder, {source.item: targets}, verified=True)[source.item]
+    return nnx.merge(graphdef, restored)
 
 
 def load(name_or_path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> LoadedModel:
@@ -183,24 +190,72 @@ def load(name_or_path: str | Path, *, overrides: Mapping[str, Any] | None = None
     return LoadedModel(source.name, source.plugin, source.config, model, source.card, source.folder, source.dataset)
 
 
-def load_variables(name: str) -> dict[str, Any]:
-    """The stored variables of a pretrained model by path (``"encoder/hidden/kernel"``), for ``--init-from``."""
+def _init_from_plan(name_or_path: str | Path, plugin: Plugin, fresh: Mapping[str, Any]):
+    """Which fresh variables (``{"a/b": array or ShapeDtypeStruct}``) a pretrained source restores.
+
+    Returns ``(source, stored tree, kept paths, re-initialised paths)``; a variable that
+    neither matches nor is declared replaceable by ``plugin`` is a UsageError listing all.
+    """
+    source = _resolve(name_or_path, None)
+    stored = checkpoint.stored_tree(source.folder, source.item)
+    kept = {p for p, m in stored.items() if p in fresh and tuple(m.shape) == tuple(fresh[p].shape)}
+    replaced, refused = [], []
+    for path in sorted(set(fresh) - kept):
+        if any(path == p or path.startswith(p + "/") for p in plugin.replaceable):
+            replaced.append(path)
+        else:
+            have = tuple(stored[path].shape) if path in stored else "nothing"
+            refused.append(f"  {path}: model {tuple(fresh[path].shape)}, checkpoint {have}")
+    if refused:
+        raise UsageError(
+            f"--init-from {name_or_path}: plugin {plugin.name!r} does not declare these replaceable:\n" + "\n".join(refused)
+        )
+    return source, stored, kept, replaced
+
+
+def check_init_from(name_or_path: str | Path, plugin: Plugin, abstract_variables: Mapping) -> None:
+    """Refuse, from shapes alone (before anything is built), an ``--init-from`` that cannot apply."""
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(dict(abstract_variables))
+    _init_from_plan(name_or_path, plugin, {"/".join(map(str, k)): v for k, v in flat.items()})
+
+
+def init_from(name_or_path: str | Path, plugin: Plugin, variables: Mapping) -> dict:
+    """``variables`` (a fresh model's, pure nested dict) started from a pretrained model or a workdir.
+
+    Each stored variable whose path and shape match is restored straight into the
+    sharding of the fresh one it replaces (no full copy per device); the others
+    must be ones ``plugin.replaceable`` declares, which keep their fresh values.
+    Says on stderr what was re-initialised.
+    """
+    import sys
+
     import jax
+    from flax import traverse_util
 
     from zoo import sharding
 
-    entry = registry.get_pretrained(name)
-    folder = checkpoint_folder(entry)
+    fresh_by_key = traverse_util.flatten_dict(dict(variables))  # keys keep their types (list indices are ints)
+    fresh = {"/".join(map(str, key)): value for key, value in fresh_by_key.items()}  # Orbax's paths: strings
+    source, stored, kept, replaced = _init_from_plan(name_or_path, plugin, fresh)
     replicated = sharding.replicated(sharding.make_mesh())
     target: dict = {}
-    for path, meta in checkpoint.stored_tree(folder, "model").items():
+    for path, meta in stored.items():  # mismatched ones are read too (Orbax restores whole trees), replicated
         *parents, leaf = path.split("/")
         node = target
         for part in parents:  # Orbax keeps every key as a string, so the target does too
             node = node.setdefault(part, {})
-        node[leaf] = jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=replicated)
-    restored = checkpoint.restore(folder, {"model": target}, verified=True)["model"]
-    return checkpoint.tree_paths(restored)
+        where = fresh[path].sharding if path in kept else replicated
+        node[leaf] = jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=where)
+    old = checkpoint.tree_paths(checkpoint.restore(source.folder, {source.item: target}, verified=True)[source.item])
+    if replaced:
+        print(f"init-from {name_or_path}: restored {len(kept)} variables, re-initialised {', '.join(replaced)}", file=sys.stderr)
+    started = {
+        key: old[name].astype(value.dtype) if name in kept else value
+        for (key, value), name in zip(fresh_by_key.items(), fresh)
+    }
+    return traverse_util.unflatten_dict(started)
 
 
 def export(workdir: str | Path, destination: str | Path, *, metrics: Mapping[str, float] | None = None) -> str:

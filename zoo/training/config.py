@@ -1,0 +1,78 @@
+"""How to train (``TrainConfig``), separate from what to train, and the optimizer it describes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import optax
+
+from zoo.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train, separate from what to train (the model config).
+
+    Set from the CLI with ``--steps``, ``--batch-size``, ``--seed``,
+    ``--checkpoint-every`` and ``--set train.FIELD=VALUE``.
+    """
+
+    steps: int = 1000
+    batch_size: int = 128
+    seed: int = 0
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0  # adamw's decoupled decay; 0 makes it Adam
+    b1: float = 0.9  # Adam's beta1, or SGD's momentum
+    b2: float = 0.999
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0  # linear warmup from 0, then the schedule
+    final_lr_fraction: float = 0.0  # cosine ends at learning_rate * this
+    grad_clip: float | None = None  # clip the global gradient norm to this
+    grad_accum: int = 1  # micro-batches per batch: the same mean gradient for less memory (a stochastic
+    # loss draws its randomness per micro-batch, so it differs by sampling, not in expectation)
+    ema_decay: float | None = None  # keep an exponential moving average of the parameters
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: compute in bf16, fp32 master weights
+    steps_per_call: int = 1  # steps fused into one jitted call (lax.scan)
+    checkpoint_every: int | None = None  # None: only at the end (and on Ctrl-C)
+    keep: int = 3  # newest checkpoints kept (plus the best by the plugin's metric)
+    eval_every: int | None = None  # run the plugin's evaluate every N steps
+    log_every: int = 100
+
+    def __post_init__(self):
+        positive = ("steps", "batch_size", "grad_accum", "steps_per_call", "log_every", "keep")
+        for name in positive:  # keep >= 1: the checkpoint just saved is always kept
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise UsageError(f"learning_rate must be positive; got {self.learning_rate}")
+        if self.batch_size % self.grad_accum:
+            raise UsageError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
+        k = self.steps_per_call
+        for name in ("steps", "checkpoint_every", "eval_every"):
+            value = getattr(self, name)
+            if value is not None and (value < 1 or value % k):
+                raise UsageError(f"{name} ({value}) must be a positive multiple of steps_per_call ({k})")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise UsageError(f"ema_decay must be in (0, 1); got {self.ema_decay}")
+
+
+def make_optimizer(cfg: TrainConfig, learning_rate: float | None = None) -> optax.GradientTransformation:
+    """The optax transformation ``cfg`` describes: clip -> optimizer with the schedule."""
+    peak = learning_rate if learning_rate is not None else cfg.learning_rate
+    if cfg.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, peak, cfg.warmup_steps, max(cfg.steps, cfg.warmup_steps + 1), peak * cfg.final_lr_fraction
+        )
+    elif cfg.warmup_steps:
+        lr = optax.join_schedules([optax.linear_schedule(0.0, peak, cfg.warmup_steps), optax.constant_schedule(peak)], [cfg.warmup_steps])
+    else:
+        lr = peak
+    if cfg.optimizer == "adamw" and cfg.weight_decay:
+        opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer in ("adam", "adamw"):  # adamw without decay is Adam, minus a pass adding 0 * params
+        opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
+    else:
+        opt = optax.sgd(lr, momentum=cfg.b1 or None)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt) if cfg.grad_clip else opt
