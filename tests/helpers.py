@@ -97,7 +97,7 @@ def train(run):
     raise NotImplementedError
 
 def sample(model, key, n):
-    raise NotImplementedError
+    return [f"text {i}" for i in range(n)]
 """
 
 

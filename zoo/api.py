@@ -159,6 +159,10 @@ def train(
         dataset = p.datasets[0]
     elif p.datasets and dataset not in p.datasets:
         raise UnknownName(f"dataset for plugin {plugin!r}", dataset, p.datasets)
+    if train_data is None:
+        from zoo import data
+
+        data.get(dataset)  # unknown or broken: fails here, naming the dataset, not inside the plugin's train
     run = training.Run(
         plugin=p,
         variant=variant,

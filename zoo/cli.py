@@ -321,45 +321,46 @@ def data_fetch(dataset: str) -> None:
 
 
 @cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--quick", is_flag=True, help="References and abstract builds only; no evaluate/sample/predict calls.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def doctor(as_json: bool) -> None:
-    """Devices, versions and plugins (broken ones with their reasons)."""
+def doctor(names: tuple[str, ...], quick: bool, as_json: bool) -> None:
+    """Devices, versions, and every plugin, dataset and catalogue entry checked (or those NAMES); exit 1 if any is broken."""
     from importlib import metadata
+
+    from zoo import doctor as checks
 
     _quiet_jax_logs()
     import jax
 
-    report = {
+    report: dict[str, Any] = {
         "python": sys.version.split()[0],
         "versions": {},
         "devices": [str(d) for d in jax.devices()],
         "backend": jax.default_backend(),
         "process": f"{jax.process_index()} of {jax.process_count()}",
-        "plugins": [
-            {"name": r.name, "distribution": r.distribution, "ok": r.ok, "error": r.error} for r in registry.records()
-        ],
     }
-    for package in ("flax-zoo", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+    for package in ("flax-zoo", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pillow"):
         try:
             report["versions"][package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             report["versions"][package] = None
-    try:
-        report["pretrained"] = len(registry.catalog().entries)
-    except ZooError as e:
-        report["catalogue_error"] = str(e)
+    found = checks.examine(names, quick=quick)
+    report |= {kind: [c.to_dict() for c in checkups] for kind, checkups in found.items()}
+    problems = [line for checkups in found.values() for c in checkups if not c.ok for line in c.lines()]
+    report |= {"ok": not problems, "problems": problems}
     if as_json:
         _emit_json(report)
-        return
-    click.echo(f"python {report['python']}; " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
-    click.echo(f"backend {report['backend']}: {len(report['devices'])} device(s), process {report['process']}")
-    for p in report["plugins"]:
-        state = "ok" if p["ok"] else f"BROKEN: {p['error']}"
-        click.echo(f"plugin {p['name']} ({p['distribution']}): {state}")
-    if "catalogue_error" in report:
-        click.echo(f"catalogue: BROKEN: {report['catalogue_error']}")
     else:
-        click.echo(f"catalogue: {report['pretrained']} pretrained model(s)")
+        click.echo(f"python {report['python']}; " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+        click.echo(f"backend {report['backend']}: {len(report['devices'])} device(s), process {report['process']}")
+        for checkup in found["datasets"] + found["plugins"] + [c for c in found["pretrained"] if not c.ok]:
+            for line in checkup.lines():
+                click.echo(line)
+        click.echo(f"catalogue: {sum(c.kind == 'pretrained' for c in found['pretrained'])} pretrained model(s)")
+    if problems:
+        click.echo(f"zoo doctor: {len(problems)} problem(s)", err=True)
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -144,8 +144,9 @@ def test_broken_plugins_through_the_console_script(site):
 def test_doctor_shows_each_reason_as_json(site):
     reasons = broken_plugins(site)
     healthy_plugin(site)
-    result = run_zoo("doctor", "--json", pythonpath=site)
-    assert result.returncode == 0, result.stderr
+    result = run_zoo("doctor", "--json", "--quick", pythonpath=site)
+    assert result.returncode == 1, result.stderr  # something is broken: CI can gate on it
+    assert result.stderr.strip() == f"zoo doctor: {len(reasons)} problem(s)"
     report = json.loads(result.stdout)  # stdout is exactly one JSON document
     plugins = {p["name"]: p for p in report["plugins"]}
     for name, reason in reasons.items():
@@ -157,8 +158,8 @@ def test_doctor_shows_each_reason_as_json(site):
 
 def test_doctor_text_names_each_reason(site):
     reasons = broken_plugins(site)
-    code, out, err = run_main(["doctor"])
-    assert code == 0, err
+    code, out, err = run_main(["doctor", *reasons, "vae", "--quick"])
+    assert code == 1, err
     for name, reason in reasons.items():
         (line,) = [line for line in lines(out) if line.startswith(f"plugin {name} ")]
         assert f"(fake-{name})" in line and "BROKEN" in line and reason in line
@@ -198,7 +199,8 @@ def test_a_second_vae_breaks_vae_naming_both(site, no_training):
     code, out, err = run_main(["train", "vae", *no_training])
     assert code == 1
     assert_one_line_error(err, "flax-zoo", "evil-vae")
-    code, out, err = run_main(["doctor", "--json"])
+    code, out, err = run_main(["doctor", "vae", "--json", "--quick"])
+    assert code == 1
     (vae,) = [p for p in json.loads(out)["plugins"] if p["name"] == "vae"]
     assert not vae["ok"] and "evil-vae" in vae["error"] and "flax-zoo" in vae["error"]
 
@@ -371,12 +373,18 @@ def test_pretrained_model_of_a_missing_plugin(tmp_path, monkeypatch):
 
 
 def test_doctor_json_is_one_document():
-    registry.reset()
-    code, out, err = run_main(["doctor", "--json"])
+    code, out, err = run_main(["doctor", "vae", "--json", "--quick"])
     assert code == 0, err
     report = json.loads(out)
-    assert {"python", "versions", "devices", "backend", "plugins"} <= set(report)
-    assert report["pretrained"] >= 0
+    assert {"python", "versions", "devices", "backend", "plugins", "datasets", "pretrained", "problems"} <= set(report)
+    assert [p["name"] for p in report["plugins"]] == ["vae"] and [d["name"] for d in report["datasets"]] == ["mnist"]
+    assert {e["name"] for e in report["pretrained"]} == SHIPPED and report["ok"] is True and report["problems"] == []
+
+
+def test_doctor_of_an_unknown_name_suggests():
+    code, out, err = run_main(["doctor", "vea"])
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "unknown plugin or dataset 'vea'", "did you mean 'vae'")
 
 
 # --------------------------------------------------------------------------- sample options and outputs
