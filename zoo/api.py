@@ -43,6 +43,7 @@ def _plugin_info(record: registry.PluginRecord, details: bool) -> ModelInfo:
     if details:
         extra |= {
             "api": plugin.api,
+            "functions": [f for f in ("sample", "predict", "evaluate") if getattr(plugin, f) is not None],
             "variants": {k: dict(v) for k, v in plugin.variants.items()},
             "default_variant": plugin.default_variant,
             "datasets": list(plugin.datasets),

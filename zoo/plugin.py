@@ -47,10 +47,12 @@ probabilities) with errors naming the offending key.
 
 Versions. ``api`` is the contract version a plugin targets: ``1`` or ``(1, minor)``.
 A new major breaks plugins (a zoo refuses every other major); a new minor only
-adds (a zoo refuses a plugin needing a later minor than its own, with a line
-saying to upgrade). Minor 1 added ``predict`` and made ``sample`` optional: a
-plugin using them declares ``api=(1, 1)``, so an older zoo refuses it by its
-version instead of failing on an unknown field.
+adds, so a plugin written for 1.0 works unchanged on every 1.x. A plugin declares
+the minor whose additions it uses, and a zoo older than that refuses it with a
+line saying to upgrade. Minor 1 added ``predict`` and made ``sample`` optional:
+a plugin using them declares ``api=(1, 1)``. (A zoo that predates a field cannot
+even construct a ``Plugin`` passing it; discovery reports that TypeError with the
+same advice to upgrade.)
 """
 
 from __future__ import annotations

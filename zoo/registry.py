@@ -92,7 +92,9 @@ def _load_entry_point(ep: metadata.EntryPoint, distribution: str, kind: type, re
     try:
         obj = ep.load()
     except Exception as e:  # noqa: BLE001 - any import failure is the plugin's, not ours
-        return record(error=" ".join(f"import failed: {type(e).__name__}: {e}".split()))  # one line
+        newer = isinstance(e, TypeError) and "unexpected keyword argument" in str(e)
+        hint = "; it may target a newer plugin API than this zoo's: upgrade flax-zoo" if newer else ""
+        return record(error=" ".join(f"import failed: {type(e).__name__}: {e}".split()) + hint)  # one line
     if not isinstance(obj, kind):
         return record(error=f"{ep.value} is a {type(obj).__name__}, not a {kind.public_name}")
     problems = obj.problems()

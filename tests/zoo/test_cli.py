@@ -345,6 +345,7 @@ def test_json_contents(pretrained):
     vae = json.loads(out)
     assert vae["details"]["variants"]["conv-16"]["channels"] == [32, 64]
     assert vae["details"]["default_variant"] == "dense-20"
+    assert vae["details"]["api"] == 1 and vae["details"]["functions"] == ["sample", "evaluate"]
     assert vae["details"]["pretrained"] == sorted(["vae-toy", *SHIPPED])
     assert vae["details"]["distribution"] == "flax-zoo" and vae["details"]["builtin"] is True
     _, out, _ = run_main(["info", "vae-toy", "--json"])

@@ -229,3 +229,16 @@ def test_a_catalogue_named_twice_is_read_once(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_REGISTRY", os.pathsep.join([str(extra), str(tmp_path / "." / "extra.toml")]))
     registry.reset()
     assert "twice" in registry.catalog().entries
+
+
+def test_a_plugin_passing_a_field_this_zoo_lacks_is_told_to_upgrade(site):
+    source = plugin_source("future", "future_model", api=(1, 9), extra="", explain="'a field of API 1.9'")
+    write_distribution(site, "fake-future", {"future": "future_pkg:plugin"}, {"future_pkg": source})
+    record = by_name()["future"]
+    assert not record.ok
+    assert "unexpected keyword argument 'explain'" in record.error and "upgrade flax-zoo" in record.error
+
+
+def test_a_plugin_needing_a_later_minor_is_told_to_upgrade(site):
+    write_distribution(site, "fake-later", {"later": "later_pkg:plugin"}, {"later_pkg": plugin_source("later", "m", api=(1, 9))})
+    assert by_name()["later"].error == "needs plugin API 1.9, this zoo speaks 1.1; upgrade flax-zoo"
