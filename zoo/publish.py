@@ -66,7 +66,7 @@ class Exported:
 
     def entry(self, license: str = "unknown", description: str | None = None) -> dict[str, Any]:
         """The catalogue entry as a dict (the ``[models.NAME]`` table), ``checkpoint`` as written."""
-        location = self.path.absolute().as_uri() if self.size is not None else self.path.as_posix()
+        location = self.path.absolute().as_uri() if self.size is not None else _catalogue_path(self.path)
         table: dict[str, Any] = {"plugin": self.meta["plugin"], "variant": self.meta["variant"]}
         if self.config:
             table["config"] = dict(self.config)
@@ -84,6 +84,16 @@ class Exported:
         lines = [f"[models.{self.name}]"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in self.entry(license, description).items()]
         return "\n".join(lines) + "\n"
+
+
+def _catalogue_path(folder: Path) -> str:
+    """``folder`` as a catalogue beside the current directory names it (relative), when it can."""
+    if folder.is_absolute():
+        try:
+            folder = folder.relative_to(Path.cwd())
+        except ValueError:
+            return folder.as_posix()  # outside the current folder: the user moves it beside the catalogue
+    return folder.as_posix()
 
 
 def _toml_value(value: Any) -> str:
