@@ -8,6 +8,7 @@ numpy's softmax of ``x @ kernel + bias`` with the restored weights.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +49,6 @@ def reference_probabilities(model, images_unit: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def module(name: str):
-    import sys
-
-    return sys.modules[name]
-
-
 # --------------------------------------------------------------------------- Python
 
 
@@ -65,7 +60,7 @@ def test_predict_in_python_matches_numpy_and_learns_the_classes(workdir):
     assert probabilities.shape == (24, 3)
     np.testing.assert_allclose(probabilities, reference_probabilities(model, test["image"] / 255.0), rtol=1e-5, atol=1e-6)
     assert (probabilities.argmax(-1) == test["label"]).mean() >= 0.9  # columns are the dataset's classes
-    received = module("clf_pkg_model").CALLS[-1]
+    received = sys.modules["clf_pkg_model"].CALLS[-1]
     assert received.dtype == np.float32 and received.shape == (24, 4, 4, 1)  # float in [0, 1], as documented
     np.testing.assert_array_equal(received, test["image"].astype(np.float32) / 255)
 
@@ -75,7 +70,8 @@ def test_one_image_float_or_uint8_and_options(workdir):
     image = np.full((4, 4, 1), 0.9, np.float32)
     one = model.predict(image)
     assert one.shape == (1, 3) and one.argmax() == 2
-    np.testing.assert_allclose(model.predict(np.full((4, 4, 1), 230, np.uint8)), model.predict(image[None] * 0 + 230 / 255))
+    as_uint8, as_float = np.full((4, 4, 1), 230, np.uint8), np.full((1, 4, 4, 1), 230 / 255, np.float32)
+    np.testing.assert_allclose(model.predict(as_uint8), model.predict(as_float))  # uint8 is scaled by 1/255
     hot, cold = model.predict(image, temperature=0.5), model.predict(image, temperature=5.0)
     assert hot.max() > one.max() > cold.max()  # the plugin's own option reached it
 
