@@ -115,6 +115,9 @@ def _conform(value: Any, kind: Any) -> Any:
 
 
 def _type_name(kind: Any) -> str:
+    """``int``, ``one of dense, conv``, ``tuple[int, ...]``: how an error names a declared type."""
+    if typing.get_origin(kind) is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(kind)))
     return kind.__name__ if isinstance(kind, type) and typing.get_origin(kind) is None else str(kind).replace("typing.", "")
 
 

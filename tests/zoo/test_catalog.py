@@ -487,3 +487,31 @@ def test_unusable_zoo_registry_file(tmp_path, monkeypatch, problem):
         code, out, err = run_main(argv)
         assert code == 1 and out == "", (argv, out)
         assert_one_line_error(err, str(path))
+
+
+# --------------------------------------------------------------------------- params_digest, size, names of plugins
+
+
+def test_params_digest_and_size_are_read_and_checked(cat_path):
+    digest = "ab" * 32
+    entry = parse(catalog_toml(entry_toml(params_digest=json.dumps(digest))), cat_path)[0]
+    assert entry.params_digest == digest and entry.size is None
+    remote = entry_toml(checkpoint='"https://example.org/m.zip"', size="1234")
+    assert parse(catalog_toml(remote), cat_path)[0].size == 1234
+    for bad, needle in (
+        (entry_toml(params_digest='"xyz"'), "'params_digest' must be 64 lowercase hex digits"),
+        (entry_toml(checkpoint='"https://example.org/m.zip"', size="0"), "'size' must be a positive integer"),
+        (entry_toml(checkpoint='"https://example.org/m.zip"', size="1.5"), "'size' must be a positive integer"),
+        (entry_toml(size="100"), "'size' is for remote checkpoints"),
+    ):
+        assert needle in parse_error(catalog_toml(bad), cat_path)
+
+
+def test_an_entry_named_like_a_plugin_is_refused(tmp_path, monkeypatch):
+    """Issue 10 §8: a pretrained `vae` shadowed the plugin `vae` in `zoo info`."""
+    catalog = write_catalog(tmp_path / "cat" / "registry.toml", entry_toml("vae"))
+    monkeypatch.setenv("ZOO_REGISTRY", str(catalog))
+    registry.reset()
+    code, out, err = run_main(["info", "vae"])
+    assert code == 1
+    assert_one_line_error(err, "'vae'", str(catalog), "name of a plugin")

@@ -7,6 +7,7 @@ import json
 from typing import Literal, Optional
 
 import pytest
+from fixtures_checkpoints import tiny_zoo  # noqa: F401 - fixture used by name
 from helpers import clean_zoo_env  # noqa: F401 - autouse fixture
 
 from zoo import registry
@@ -200,3 +201,65 @@ def test_vae_config_from_text():
         make_config(vae, None, {"latent_dim": "abc"})
     with pytest.raises(UsageError):
         make_config(vae, None, {"kind": "resnet"})
+
+
+# --------------------------------------------------------------------------- values that are not of the field's type (issue 10 §5, §8)
+
+
+@pytest.mark.parametrize(
+    "field, value, wanted",
+    [
+        ("n", 1.5, "int"),
+        ("n", True, "int"),  # a bool is an int to Python, not to a config
+        ("rate", "fast", "float"),
+        ("flag", 1, "bool"),
+        ("label", 5, "str"),
+        ("kind", 5, "one of dense, conv"),
+        ("kind", "Dense", "one of dense, conv"),
+        ("patch", 4.0, "one of 2, 4, 8"),  # 4.0 == 4, but a patch size is an int
+        ("channels", (32, "64"), "tuple"),
+        ("channels", 32, "tuple"),
+        ("clip", "none please", "float | None"),
+        ("limit", 2.5, "int"),
+    ],
+)
+def test_a_value_not_of_the_declared_type_is_one_usage_error(field, value, wanted):
+    """Values that arrive typed (a catalogue's TOML, a saved config, Python callers) are checked too."""
+    with pytest.raises(UsageError) as error:
+        fill(**{field: value})
+    message = str(error.value)
+    assert field in message and wanted in message and repr(value) in message and "\n" not in message
+
+
+def test_typed_values_that_fit_are_kept_and_ints_widen_to_float():
+    cfg = fill(n=3, rate=1, clip=2, limit=None, channels=[8, 16], patch=8, kind="conv")
+    assert (cfg.n, cfg.rate, cfg.clip, cfg.channels, cfg.patch, cfg.kind) == (3, 1.0, 2.0, (8, 16), 8, "conv")
+    assert type(cfg.rate) is float and type(cfg.clip) is float
+
+
+def test_a_fixed_length_tuple_checks_its_length():
+    @dataclasses.dataclass(frozen=True)
+    class Shaped:
+        shape: tuple[int, int, int] = (28, 28, 1)
+
+    assert fill_dataclass(Shaped, {}, {"shape": [1, 2, 3]}, "shaped").shape == (1, 2, 3)
+    with pytest.raises(UsageError, match=r"shape must be tuple\[int, int, int\]"):
+        fill_dataclass(Shaped, {}, {"shape": [1, 2]}, "shaped")
+
+
+@pytest.mark.parametrize(
+    "config, needle", [("{ latent_dim = 1.5 }", "latent_dim must be int; got 1.5"), ("{ kind = 5 }", "kind must be")]
+)
+def test_a_catalogue_config_of_the_wrong_type_is_one_line(tmp_path, monkeypatch, tiny_zoo, config, needle):
+    """Issue 10: `config = { latent_dim = 1.5 }` or `{ kind = 5 }` in a catalogue gave tracebacks."""
+    from fixtures_checkpoints import NAME
+    from helpers import assert_one_line_error, run_main
+
+    root = tiny_zoo.copy(tmp_path / "cat").root
+    catalog = root / "registry.toml"
+    catalog.write_text(catalog.read_text().replace('variant = "dense-20"', f'variant = "dense-20"\nconfig = {config}'))
+    monkeypatch.setenv("ZOO_REGISTRY", str(catalog))
+    registry.reset()
+    code, out, err = run_main(["sample", NAME, "--n", "1"])
+    assert code == 2 and out == ""
+    assert_one_line_error(err, needle)
