@@ -95,10 +95,12 @@ def build(plugin: str, variant: str | None = None, *, seed: int = 0, **overrides
 
     from flax import nnx
 
+    from zoo import memory
     from zoo.config import make_config
 
     config = make_config(p, variant, overrides)
     with nnx.use_eager_sharding(False):
+        memory.check_parameters(nnx.state(nnx.eval_shape(lambda: p.resolve("build")(config, nnx.Rngs(seed)))), plugin)
         return p.resolve("build")(config, nnx.Rngs(seed))
 
 

@@ -252,7 +252,8 @@ def eval_command(name: str, as_json: bool) -> None:
 @click.argument("names", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Every pretrained model in the catalogues.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def verify(names: tuple[str, ...], everything: bool, as_json: bool) -> None:
+@click.option("--reproduce", is_flag=True, help="Rerun each recipe in a temporary workdir and compare params_digest.")
+def verify(names: tuple[str, ...], everything: bool, as_json: bool, reproduce: bool) -> None:
     """Check checksums, then re-measure metrics against the card."""
     _quiet_jax_logs()
     if everything:
@@ -261,6 +262,9 @@ def verify(names: tuple[str, ...], everything: bool, as_json: bool) -> None:
         raise UsageError("name at least one pretrained model, or pass --all")
     for name in names:
         registry.get_pretrained(name)  # every name checked before the slow part
+    if reproduce:
+        _reproduce(names)
+        return
     results = [api.verify(name) for name in names]
     if as_json:
         _emit_json([r.to_dict() for r in results])
@@ -273,15 +277,53 @@ def verify(names: tuple[str, ...], everything: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _reproduce(names: tuple[str, ...]) -> None:
+    """Train each entry's recipe afresh (this CLI parses it) and compare the weights' params_digest, bitwise."""
+    import tempfile
+
+    from zoo import publish
+
+    failed = []
+    for name in names:
+        entry = registry.get_pretrained(name)
+        if entry.params_digest is None:
+            raise UsageError(f"{name} has no params_digest in {entry.source}: nothing to compare a rerun with")
+        args = publish.recipe_arguments(entry.recipe, f"{entry.source}: [models.{name}]")
+        with tempfile.TemporaryDirectory(prefix="zoo-reproduce-") as tmp:
+            click.echo(f"{name}: running {entry.recipe}", err=True)
+            train.main(args=[*args, "--workdir", str(Path(tmp) / "run"), "--quiet"], prog_name="zoo train", standalone_mode=False)
+            digest = publish.weights_digest(Path(tmp) / "run")
+        same = digest == entry.params_digest
+        click.echo(f"{name}: {'reproduced' if same else 'NOT REPRODUCED'} (params_digest {digest}, card {entry.params_digest})")
+        if not same:
+            failed.append(name)
+    if failed:
+        sys.exit(1)
+
+
 @cli.command()
 @click.argument("workdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("destination", type=click.Path(path_type=Path))
-def export(workdir: Path, destination: Path) -> None:
-    """Write WORKDIR's newest checkpoint as a shippable one; print its MANIFEST sha256."""
-    from zoo import pretrained
+@click.argument("destination", metavar="NAME", type=click.Path(path_type=Path))
+@click.option("--archive", is_flag=True, help="Write NAME.zip (for hosting) instead of a folder.")
+@click.option("--license", "license_", default="unknown", show_default=True, help="The entry's license field.")
+@click.option("--description", help="The entry's one-line description.")
+@click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
+def export(workdir: Path, destination: Path, archive: bool, license_: str, description: str | None, as_json: bool) -> None:
+    """Write WORKDIR's weights as checkpoint NAME (a folder path; its last part names the entry).
+
+    The bytes depend only on the weights. Prints a complete catalogue entry:
+    sha256, params_digest, metrics measured now by the plugin's evaluate, and the recipe.
+    """
+    from zoo import publish
 
     _quiet_jax_logs()
-    click.echo(pretrained.export(workdir, destination))
+    exported = publish.export(workdir, destination, archive=archive)
+    if as_json:
+        _emit_json(exported.entry(license_, description) | {"name": exported.name})
+    else:
+        click.echo(exported.entry_toml(license_, description), nl=False)
+    where = "host it and put its https:// URL in `checkpoint`" if archive else "paste the entry into a catalogue"
+    click.echo(f"wrote {exported.path} (MANIFEST sha256 {exported.sha256}); {where}", err=True)
 
 
 # --------------------------------------------------------------------------- data / doctor

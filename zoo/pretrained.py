@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from zoo import checkpoint, registry
+from zoo import checkpoint, memory, registry
 from zoo.catalog import PretrainedEntry
 from zoo.config import call_options, config_from_dict, make_config
 from zoo.errors import UsageError, ZooError
@@ -115,7 +115,7 @@ class _Source:
 def checkpoint_folder(entry: PretrainedEntry) -> Path:
     """The verified local folder of a catalogue entry (fetched once if remote)."""
     if entry.remote:
-        return checkpoint.fetch_remote(entry.checkpoint, entry.sha256, entry.name)
+        return checkpoint.fetch_remote(entry.checkpoint, entry.sha256, entry.name, size=entry.size)
     folder = entry.local_path
     if not folder.is_dir():
         raise ZooError(f"checkpoint of {entry.name} is missing: {folder} (named in {entry.source})")
@@ -174,6 +174,7 @@ def _restore_model(source: _Source) -> Any:
     mesh = sharding.make_mesh()
     with nnx.use_eager_sharding(False):
         graphdef, state = nnx.split(nnx.eval_shape(lambda: source.plugin.resolve("build")(source.config, nnx.Rngs(0))))
+    memory.check_parameters(state, source.name)
     targets = sharding.abstract(nnx.to_pure_dict(state), sharding.state_shardings(state, mesh))
     restored = checkpoint.restore(source.folder, {source.item: targets}, verified=True)[source.item]
     return nnx.merge(graphdef, restored)

@@ -201,6 +201,9 @@ def catalog() -> Catalog:
                     f"pretrained model {entry.name!r} is defined in both {entries[entry.name].source} and {entry.source}"
                 )
             entries[entry.name] = entry
+    if shadowing := sorted(entries.keys() & {r.name for r in records()}):  # `zoo info NAME` must mean one thing
+        entry = entries[shadowing[0]]
+        raise ZooError(f"pretrained model {entry.name!r} in {entry.source} has the name of a plugin; rename the entry")
     return Catalog(entries)
 
 
