@@ -405,6 +405,23 @@ def doctor(names: tuple[str, ...], quick: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
+# --------------------------------------------------------------------------- new-plugin
+
+
+@cli.command("new-plugin")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), help="Folder to write [./zoo-NAME]; missing or empty.")
+@click.option("--kind", type=click.Choice(["generative", "classifier"]), default="generative", show_default=True,
+              help="generative: a VAE with sample; classifier: an MLP with predict.")
+@click.option("--with-dataset", is_flag=True, help="Also a dataset plugin (generated data, works offline).")
+def new_plugin(name: str, directory: Path | None, kind: str, with_dataset: bool) -> None:
+    """Write a publishable plugin package NAME: model, training, tests, catalogue, README."""
+    from zoo import scaffold
+
+    target = scaffold.new_plugin(name, directory, kind=kind, with_dataset=with_dataset)
+    click.echo(f"wrote {target}; next: cd {target} && pip install -e '.[test]' && python -m pytest")
+
+
 # --------------------------------------------------------------------------- entry point
 
 
