@@ -151,3 +151,15 @@ def test_a_zoo_error_a_plugin_raises_keeps_its_message_and_exit_code(tmp_path, e
     assert exit_code == code
     assert_one_line_error(err, message)
     assert DEBUG_HINT not in err  # meant for the user as it is
+
+
+def test_debug_shows_the_plugins_own_traceback(tmp_path, monkeypatch):
+    build_raises(tmp_path / "site")
+    monkeypatch.setenv("ZOO_DEBUG", "0")  # restored after the test, though --debug sets it in this process
+    with on_sys_path(tmp_path / "site"):
+        registry.reset()
+        code, out, err = run_main(["--debug", "train", "clf", "--workdir", str(tmp_path / "run"), "--steps", "1", "--quiet"])
+    assert code == 1
+    assert "Traceback" in err and 'clf_pkg_model.py", line' in err  # the frame in the plugin's own file
+    assert "ValueError: width 16 is not supported" in err  # the original, chained under the one line
+    assert err.splitlines()[-1].startswith("zoo: error: plugin 'clf' build raised ValueError: width 16")
