@@ -2,9 +2,11 @@
 
 Plugins and datasets name their code as ``"module:attribute"`` strings, resolved
 on first use, so discovering them imports nothing heavy. A function resolved
-here is wrapped so that anything it raises becomes one ``PluginError`` naming
-its owner (``plugin 'vae'``, ``dataset 'mnist'``) and the function
-(``build``, ``load``...), instead of a traceback that never says whose code failed.
+here is wrapped so that what it raises names its owner (``plugin 'vae'``,
+``dataset 'mnist'``) and the function (``build``, ``load``...) in one line,
+instead of a traceback that never says whose code failed: a ``ZooError`` keeps
+its class and exit code with the owner prefixed, anything else becomes a
+``PluginError``.
 """
 
 from __future__ import annotations
@@ -24,16 +26,10 @@ INTERRUPTED_EXIT_CODES = (130, 143)
 
 
 class PluginError(ZooError):
-    """Code of a plugin or dataset failed, or returned something the core cannot use.
-
-    The message names the owner and the function. ``exit_code`` is the original
-    error's when the plugin raised a ``ZooError`` on purpose (2 for its
-    ``UsageError``), else 1; ``__cause__`` keeps the original for ``--debug``.
+    """Code of a plugin or dataset raised something other than a ``ZooError``, or returned
+    something the core cannot use. The message names the owner and the function;
+    ``__cause__`` keeps the original for ``--debug``.
     """
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def ref_problem(field: str, ref: Any) -> str | None:
@@ -73,11 +69,21 @@ def _one_line(error: BaseException) -> str:
 
 
 def as_plugin_error(error: Exception, owner: str, field: str) -> ZooError:
-    """The one-line error the user sees for ``error`` raised inside ``owner``'s ``field``."""
-    if isinstance(error, PluginError) or (isinstance(error, ZooError) and error.exit_code in INTERRUPTED_EXIT_CODES):
+    """The one-line error the user sees for ``error`` raised inside ``owner``'s ``field``.
+
+    A ``ZooError`` raised on purpose keeps its class (``except UsageError`` still
+    catches it), exit code and message, prefixed with its owner; anything else
+    becomes a ``PluginError``.
+    """
+    named = isinstance(error, PluginError) or getattr(error, "owner", None) is not None
+    if named or (isinstance(error, ZooError) and error.exit_code in INTERRUPTED_EXIT_CODES):
         return error  # already names its owner (a dataset failing inside a plugin's train), or a stop
-    if isinstance(error, ZooError):  # raised on purpose: its message is meant for the user as it is
-        return PluginError(f"{owner} {field}: {error}", error.exit_code)
+    if isinstance(error, ZooError):
+        # A copy made without __init__: subclasses such as UnknownName take other arguments.
+        prefixed = type(error).__new__(type(error))
+        prefixed.__dict__.update(vars(error))
+        prefixed.args, prefixed.owner = (f"{owner} {field}: {error}",), owner
+        return prefixed
     return PluginError(f"{owner} {field} raised {_one_line(error)} (run with --debug for the traceback)")
 
 

@@ -11,7 +11,7 @@ import pytest
 from helpers import site  # noqa: F401 - fixture
 
 import zoo
-from zoo.errors import UsageError, ZooError
+from zoo.errors import UnknownName, UsageError, ZooError
 from zoo.plugin import API_MINOR, API_VERSION, Plugin, check_metrics, check_predictions, check_samples
 from zoo.refs import PluginError
 
@@ -184,13 +184,17 @@ def test_an_exception_in_plugin_code_is_one_line_naming_plugin_and_function():
     assert e.value.exit_code == 1 and isinstance(e.value.__cause__, ValueError)
 
 
-def test_a_zoo_error_raised_on_purpose_keeps_its_message_and_exit_code():
-    with pytest.raises(PluginError) as e:
-        raiser(UsageError("width must be even"))(None, None)
-    assert str(e.value) == "plugin 'toy' build: width must be even" and e.value.exit_code == 2
-    with pytest.raises(PluginError) as e:
-        raiser(ZooError("no GPU"))(None, None)
-    assert str(e.value) == "plugin 'toy' build: no GPU" and e.value.exit_code == 1
+def test_a_zoo_error_raised_on_purpose_keeps_its_class_message_and_exit_code():
+    original = UnknownName("width", "wide", ["narrow", "wider"])  # a subclass whose __init__ takes other arguments
+    for error, code in [(UsageError("width must be even"), 2), (ZooError("no GPU"), 1), (original, 2)]:
+        with pytest.raises(type(error)) as e:
+            raiser(error)(None, None)
+        assert type(e.value) is type(error) and e.value.exit_code == code  # `except UsageError` still catches it
+        assert str(e.value) == f"plugin 'toy' build: {error}" and e.value.__cause__ is error
+    assert e.value.name == "wide"  # its attributes come along
+    with pytest.raises(UsageError) as e:  # named once, however deep: a dataset's error inside a plugin's train
+        make(train=lambda run: raiser(UsageError("bad"))(None, None)).resolve("train")(None)
+    assert str(e.value) == "plugin 'toy' build: bad"
 
 
 def test_stops_and_errors_that_already_name_their_owner_pass_through():
