@@ -165,3 +165,26 @@ def test_zoo_predict_usage_errors(workdir, tmp_path):
         code, out, err = run_main(argv)
         assert code == 2 and out == "", (argv, err)
         assert_one_line_error(err, needle)
+
+
+# --------------------------------------------------------------------------- zoo.prediction on its own
+
+
+def test_text_files_are_one_input_each(tmp_path):
+    from zoo import prediction
+
+    (tmp_path / "a.txt").write_text("first review\nsecond line\n")
+    (tmp_path / "b.txt").write_text("ünïcode")
+    texts, labels = prediction.read_files([tmp_path / "a.txt", tmp_path / "b.txt"], (4, 4, 1))
+    assert texts == ["first review\nsecond line", "ünïcode"] and labels == [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+    assert prediction.prepare(texts, (4, 4, 1)) == texts  # texts pass through whatever images the dataset has
+
+
+def test_top_classes_ranks_and_names_columns():
+    from zoo import prediction
+
+    ranked = prediction.top_classes(np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]]), ("cat", "dog"), k=2)
+    assert ranked == [
+        [{"class": "dog", "index": 1, "probability": 0.6}, {"class": "2", "index": 2, "probability": 0.3}],
+        [{"class": "cat", "index": 0, "probability": 0.5}, {"class": "2", "index": 2, "probability": 0.3}],
+    ]  # a column the dataset does not name is called by its index
