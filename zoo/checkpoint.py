@@ -35,7 +35,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -259,6 +261,38 @@ def _orbax_quiet() -> Iterator[None]:
         logger.removeFilter(quiet)
 
 
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C while Orbax writes, then deliver it to the handler it was meant for.
+
+    Interrupted inside Orbax, a save left its writer threads running into
+    interpreter shutdown: pages of "Event loop is closed" tracebacks and a stray
+    temporary folder, measured. So a Ctrl-C waits for the write under way (the
+    loop's first one only asks it to stop anyway); pressed twice meanwhile, the
+    process ends at once with one line, leaving an unsealed folder that is never
+    trusted (``StepDirectory`` ignores and later replaces it).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append(signum)
+        if len(held) >= 2:
+            os.write(2, b"zoo: interrupted during a checkpoint save; its unsealed folder will be ignored\n")
+            os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for signum in held:
+            if callable(previous):
+                previous(signum, None)  # the default handler raises KeyboardInterrupt; the loop's counts
+
+
 def _reason(error: BaseException) -> str:
     """One line: the error's type and message, whitespace collapsed, at most 400 characters."""
     text = " ".join(f"{type(error).__name__}: {error}".split())
@@ -308,18 +342,19 @@ def save(directory: Path, items: Mapping[str, Any], meta: Mapping[str, Any], *, 
     args["meta"] = ocp.args.JsonSave(dict(meta))
     try:
         checkpointer = _checkpointer(items, use_ocdbt=not portable)
-        with _orbax_quiet():
+        with _orbax_quiet(), _interrupts_held():
             try:
                 checkpointer.save(directory, ocp.args.Composite(**args))
             finally:
-                checkpointer.close()  # joins Orbax's threads on every exit path, a second Ctrl-C included
+                checkpointer.close()  # joins Orbax's threads on every exit path
         multihost_utils.sync_global_devices(f"zoo-checkpoint-{directory}")
         if jax.process_index() == 0:
             for leftover in (p for name in MACHINE_FILES for p in directory.rglob(name)):
                 leftover.unlink()
             return write_manifest(directory)
     except BaseException as e:
-        _remove_partial(directory)
+        with _interrupts_held():
+            _remove_partial(directory)
         if _bad_bytes(e):
             raise CheckpointError(f"saving checkpoint {directory} failed: {_reason(e)}") from e
         raise

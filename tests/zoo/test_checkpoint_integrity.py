@@ -347,3 +347,66 @@ def test_a_resealed_corrupt_array_is_one_line(tmp_path, sealed, name, data):
     with pytest.raises(CheckpointError) as error:
         checkpoint.restore(folder, {"model": abstract(TREE)})
     assert one_line(error.value)
+
+
+@pytest.mark.parametrize("meta", [[1, 2], "MISSING_DATA"], ids=["a list", "no data position"])
+def test_resuming_from_a_step_with_unusable_metadata_is_one_line(tmp_path, tiny_zoo, meta):
+    """Issue 10 §5: a sealed step whose metadata is a list, or lacks the data position, gave a traceback."""
+    from fixtures_checkpoints import TRAIN, TRAIN_MESH, tiny_images
+
+    run = shutil.copytree(tiny_zoo.run, tmp_path / "run")
+    for step in ("2", "4"):
+        path = run / "checkpoints" / step / "meta" / "metadata"
+        record = json.loads(path.read_text())
+        record.pop("data")
+        path.write_text(json.dumps(record if meta == "MISSING_DATA" else meta))
+        checkpoint.write_manifest(run / "checkpoints" / step)  # sealed as such: only the content is wrong
+    data = tiny_images()
+    with pytest.raises(ZooError) as error:
+        zoo.train("vae", workdir=run, mesh=TRAIN_MESH, train_data=data, eval_data=data, progress=False, **{**TRAIN, "steps": 6})
+    assert one_line(error.value) and "checkpoint metadata" in str(error.value), str(error.value)
+
+
+SAVE_FOREVER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import numpy as np
+    from zoo import checkpoint
+    tree = {f"w{i}": np.random.default_rng(i).standard_normal((1024, 1024)).astype(np.float32) for i in range(24)}
+    checkpoint.save(Path(sys.argv[1]) / "warm", {"model": {"w": np.ones(3, np.float32)}}, {}, portable=True)  # imports
+    print("READY", flush=True)
+    try:
+        for i in range(1000):
+            checkpoint.save(Path(sys.argv[1]) / str(i), {"model": tree}, {"step": i}, portable=sys.argv[2] == "portable")
+    except KeyboardInterrupt:
+        print("INTERRUPTED", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["portable", "training"])
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_a_save_is_one_line_and_never_a_half_sealed_folder(tmp_path, layout, presses):
+    """Issue 10 §5: a second Ctrl-C in a save gave pages of Orbax thread tracebacks (measured)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SAVE_FOREVER, str(tmp_path), layout],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(devices=1),
+    )
+    assert proc.stdout.readline().strip() == "READY"
+    time.sleep(1.0)  # inside one of the saves (about 2 s each here), most likely
+    for _ in range(presses):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err and "Event loop" not in err and "ERROR" not in err, err
+    if proc.returncode == 130:  # pressed twice inside a save: out at once, with one line
+        assert presses == 2 and err == "zoo: interrupted during a checkpoint save; its unsealed folder will be ignored\n"
+    else:  # the save under way finished (or none was under way), then the interrupt arrived
+        assert proc.returncode == 0 and out.strip() == "INTERRUPTED", (out, err)
+    for step in (p for p in tmp_path.iterdir() if p.name.isdigit()):
+        checkpoint.verify(step)  # every step folder left is sealed and intact; unsealed ones are temporaries

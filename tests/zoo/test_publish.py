@@ -129,3 +129,15 @@ def test_verify_reproduce_needs_a_digest_on_the_card(tmp_path, monkeypatch, tiny
     use_catalog(monkeypatch, tmp_path / "cat" / "registry.toml")  # the fixture's card has no params_digest
     assert run_cli("verify", "--reproduce", NAME) == 2
     assert "no params_digest" in capsys.readouterr().err
+
+
+def test_cli_export_prints_an_entry_a_catalogue_accepts(tmp_path, tiny_zoo, tiny_mnist_everywhere, monkeypatch):
+    from helpers import run_main
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(["export", str(tiny_zoo.run), "checkpoints/tiny-cli", "--license", "CC0-1.0"])
+    assert code == 0, err
+    entry = parse_catalog("schema = 1\n\n" + out, tmp_path / "registry.toml")[0]
+    assert entry.name == "tiny-cli" and entry.checkpoint == "checkpoints/tiny-cli" and entry.license == "CC0-1.0"
+    assert entry.sha256 == checkpoint.manifest_sha256(tmp_path / "checkpoints" / "tiny-cli") and entry.metrics
+    assert err.strip().startswith("wrote checkpoints/tiny-cli (MANIFEST sha256")
