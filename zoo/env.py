@@ -5,6 +5,9 @@
 - ``ZOO_OFFLINE=1``: make no network attempt; say what would be fetched.
 - ``ZOO_REGISTRY``: extra catalogue files, separated by ``os.pathsep``.
 - ``ZOO_DISABLE_PLUGIN_AUTOLOAD=1``: load only the plugins shipped with flax-zoo.
+- ``ZOO_MAX_DOWNLOAD`` (``8G``, ``500M``, bytes) and ``ZOO_DOWNLOAD_DEADLINE``
+  (seconds): bounds on one download; read by ``zoo.download.size_limit`` and
+  ``zoo.download.deadline_s``, where the defaults are.
 """
 
 from __future__ import annotations
