@@ -58,13 +58,14 @@ def _fresh_registry():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``mnist`` skip, with the reason, when the dataset is not cached."""
-    if zoo.data.is_cached("mnist"):
-        return
-    skip = pytest.mark.skip(reason="MNIST is not cached: run `zoo data fetch mnist` (.ci/run does)")
-    for item in items:
-        if "mnist" in item.keywords:
-            item.add_marker(skip)
+    """Tests marked ``mnist`` (or ``shakespeare``) skip, with the reason, when the dataset is not cached."""
+    for dataset in ("mnist", "shakespeare"):
+        if zoo.data.is_cached(dataset):
+            continue
+        skip = pytest.mark.skip(reason=f"{dataset} is not cached: run `zoo data fetch {dataset}` (.ci/run does)")
+        for item in items:
+            if dataset in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture

