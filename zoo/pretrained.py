@@ -90,13 +90,17 @@ class LoadedModel:
         declared = self.dataset_declaration
         return tuple(declared.classes) if declared else ()
 
-    def evaluate(self, data: Mapping[str, Any] | None = None) -> dict[str, float]:
-        """The plugin's metrics on ``data`` (default: the test split of the training dataset)."""
+    def evaluate(self, data: Mapping[str, Any] | None = None, **options: Any) -> dict[str, float]:
+        """The plugin's metrics on ``data`` (default: the test split of the training dataset).
+
+        ``options`` are the plugin's evaluate options (a classifier's ``attack=zoo.attacks.Attack(...)``).
+        """
         from zoo import data as datasets
 
         evaluate = self.plugin.resolve("evaluate")  # guarded: its metrics come back checked, as floats
+        options = call_options(evaluate, options, f"{self.plugin.name} evaluate option")
         arrays = data if data is not None else datasets.load(self.dataset, "test")
-        return evaluate(self.model, arrays)
+        return evaluate(self.model, arrays, **options)
 
 
 @dataclasses.dataclass(frozen=True)

