@@ -24,7 +24,7 @@ import shlex
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -201,15 +201,14 @@ def export(
     destination: str | Path,
     *,
     archive: bool = False,
-    evaluate: Callable[[Any], Mapping[str, float]] | None = None,
     measure: bool = True,
 ) -> Exported:
     """Write the newest verified weights of ``workdir`` (EMA if kept) as a portable checkpoint.
 
     ``destination`` is the folder to create, or with ``archive=True`` the ``.zip``
     (the suffix is added if missing); its name, less ``.zip``, is the entry's name.
-    ``measure`` runs the plugin's ``evaluate`` on the dataset's test split (or
-    ``evaluate(loaded_model)`` when given). Nothing is left behind on failure.
+    ``measure`` runs the plugin's ``evaluate`` on the dataset's test split for
+    the entry's metrics. Nothing is left behind on failure.
     """
     from flax import nnx
 
@@ -228,8 +227,9 @@ def export(
     meta = {k: meta[k] for k in ("plugin", "variant", "config", "dataset", "train", "step", "mesh") if k in meta}
     meta["weights"] = "ema" if (loaded.checkpoint / "ema").is_dir() else "model"
     weights = nnx.to_pure_dict(nnx.state(loaded.model))
-    metrics = dict((evaluate or (lambda m: m.evaluate()))(loaded)) if measure else {}
+    metrics = dict(loaded.evaluate()) if measure else {}
     changes = _config_changes(loaded.plugin, meta["variant"], meta["config"])
+    destination.parent.mkdir(parents=True, exist_ok=True)
     folder = destination if not archive else Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{name}.")) / name
     try:
         sha256 = checkpoint.save(folder, {"model": weights}, meta, portable=True)

@@ -10,7 +10,6 @@ exactly the sealed parameters (by ``params_digest``).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -18,8 +18,8 @@ import time
 import urllib.request
 import zipfile
 from collections import Counter
-from pathlib import Path
 
+import numpy as np
 import pytest
 from fixtures_checkpoints import NAME, isolated_env, tiny_zoo, use_catalog, write_catalog  # noqa: F401
 
@@ -110,7 +110,7 @@ def archives(tiny_zoo, tmp_path_factory) -> dict[str, bytes]:
     root = tmp_path_factory.mktemp("archives")
     publish.write_archive(tiny_zoo.checkpoint, root / "good.zip", "tiny")
     other = root / "other"
-    checkpoint.save(other, {"model": {"w": __import__("numpy").ones(3, "float32")}}, {"step": 1}, portable=True)
+    checkpoint.save(other, {"model": {"w": np.ones(3, np.float32)}}, {"step": 1}, portable=True)
     publish.write_archive(other, root / "other.zip", "tiny")
     bomb = io.BytesIO()
     biggest = max((p for p in tiny_zoo.checkpoint.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
