@@ -201,3 +201,48 @@ def test_prefetcher_depth_0_runs_inline_with_the_same_results():
         assert_same([batch], take(reference, 1))
         assert state == reference.state()
     inline.close()
+
+
+# --------------------------------------------------------------------------- data kept on the devices
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 4])
+def test_indices_gathered_on_the_devices_are_the_host_batches(steps_per_call):
+    import jax
+
+    from zoo.data.loader import DeviceRows
+
+    host = ArrayLoader(arrays(), 8, seed=6, steps_per_call=steps_per_call)
+    indexed = ArrayLoader(arrays(), 8, seed=6, steps_per_call=steps_per_call, indices_only=True)
+    rows = DeviceRows(arrays(), jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    gather = jax.jit(rows.gather)
+    for _ in range(5):  # across epoch ends (6 batches an epoch)
+        indices = next(indexed)
+        assert indices.dtype == np.int32 and indices.shape == ((8,) if steps_per_call == 1 else (steps_per_call, 8))
+        expected = next(host)
+        got = gather(rows.rows, indices)
+        for key in expected:
+            assert got[key].dtype == jax.numpy.asarray(expected[key]).dtype  # as the jitted call would hold it
+            np.testing.assert_array_equal(np.asarray(got[key]), expected[key])
+        assert indexed.state() == host.state()
+
+
+def test_batch_spec_is_one_global_step():
+    spec = ArrayLoader(arrays(), 8, seed=0, steps_per_call=3).batch_spec()
+    assert {k: (v.shape, v.dtype) for k, v in spec.items()} == {"index": ((8,), np.int64), "image": ((8, 2, 3), np.float32)}
+
+
+def test_data_fits_by_size_against_the_device_memory_or_the_budget(monkeypatch):
+    from zoo.data import loader
+
+    class Device:
+        def __init__(self, limit):
+            self.limit = limit
+
+        def memory_stats(self):
+            return None if self.limit is None else {"bytes_limit": self.limit}
+
+    data = {"x": np.zeros(1000, np.uint8), "y": np.zeros(250, np.float32)}  # 2000 bytes
+    assert loader.fits_on_devices(data, [Device(8000)]) and not loader.fits_on_devices(data, [Device(7999)])
+    monkeypatch.setattr(loader, "DEVICE_DATA_BUDGET", 4000)  # no reported limit: one copy per device
+    assert loader.fits_on_devices(data, [Device(None)] * 2) and not loader.fits_on_devices(data, [Device(None)] * 3)
