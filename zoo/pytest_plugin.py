@@ -30,110 +30,121 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) 
     return None
 
 
-def make_suite(plugin_name: str, *, steps: int, batch_size: int | None) -> type:
-    """A test class running each check of ``zoo.testing`` on ``plugin_name`` as its own item.
+class _Steps:
+    """The steps of one suite that later checks build on, each run once.
 
-    Checks that later ones build on (the one-device build, training, restoring)
-    run once, in the test named for them; a later test that needs a failed one
-    fails with one line naming it rather than repeating its traceback.
+    A step runs in the first test that needs it and fails there with its own
+    message; every later test that needs it fails with one line naming it.
     """
-    from zoo import testing
 
-    outcomes: dict[str, tuple[bool, Any]] = {}
+    def __init__(self, plugin_name: str, steps: int, batch_size: int | None):
+        from zoo import testing
 
-    def once(step: str, check: Callable[[], Any]) -> Any:
-        if step not in outcomes:
+        self.testing, self.name, self.steps, self.batch_size = testing, plugin_name, steps, batch_size
+        self.outcomes: dict[str, tuple[bool, Any]] = {}
+
+    def once(self, step: str, check: Callable[[], Any]) -> Any:
+        if step not in self.outcomes:
             try:
-                outcomes[step] = (True, check())
+                self.outcomes[step] = (True, check())
             except Exception as e:  # noqa: BLE001 - recorded, and raised to the test that ran it
-                outcomes[step] = (False, e)
+                self.outcomes[step] = (False, e)
                 raise
-        ok, value = outcomes[step]
+        ok, value = self.outcomes[step]
         if not ok:
             pytest.fail(f"needs {step}, which failed: {value}", pytrace=False)
         return value
 
-    def plugin() -> Any:
-        def find() -> Any:
-            from zoo import registry
-            from zoo.errors import ZooError
+    def plugin(self) -> Any:
+        return self.once("discovery", self._discover)
 
-            try:
-                found = registry.get_plugin(plugin_name)
-            except ZooError as e:  # unknown or broken: its one line, not the registry's traceback
-                raise AssertionError(f"{e} (is its package installed? pip install -e .)") from None
-            if message := testing.source_tree_warning(plugin_name):
-                warnings.warn(message, testing.SourceTreeWarning, stacklevel=1)
-            return found
+    def _discover(self) -> Any:
+        from zoo import registry
+        from zoo.errors import ZooError
 
-        return once("discovery", find)
+        try:
+            found = registry.get_plugin(self.name)
+        except ZooError as e:  # unknown or broken: its one line, not the registry's traceback
+            raise AssertionError(f"{e} (is its package installed? pip install -e .)") from None
+        if message := self.testing.source_tree_warning(self.name):
+            warnings.warn(message, self.testing.SourceTreeWarning, stacklevel=1)
+        return found
 
-    def workdir(tmp_path_factory: pytest.TempPathFactory) -> Any:
-        return once("a workdir", lambda: tmp_path_factory.mktemp(f"zoo-{plugin_name}") / "run")
+    def one_device(self) -> Any:
+        return self.once("the one-device build", lambda: self.testing.check_builds_on_one_device(self.plugin()))
 
-    def trained(tmp_path_factory: pytest.TempPathFactory) -> Any:
-        folder = workdir(tmp_path_factory)
-        return once("training", lambda: testing.train_briefly(plugin(), folder, steps=steps, batch_size=batch_size))
+    def workdir(self, factory: pytest.TempPathFactory) -> Any:
+        return self.once("a workdir", lambda: factory.mktemp(f"zoo-{self.name}") / "run")
 
-    def loaded(tmp_path_factory: pytest.TempPathFactory) -> Any:
-        result = trained(tmp_path_factory)
-        return once("restoring", lambda: testing.check_restore(plugin(), workdir(tmp_path_factory), result.params_digest))
+    def trained(self, factory: pytest.TempPathFactory) -> Any:
+        train = self.testing.train_briefly
+        workdir = self.workdir(factory)
+        return self.once("training", lambda: train(self.plugin(), workdir, steps=self.steps, batch_size=self.batch_size))
 
-    def metrics(tmp_path_factory: pytest.TempPathFactory) -> Any:
-        model = loaded(tmp_path_factory)
-        return once("evaluate", lambda: testing.check_evaluate(plugin(), model, testing.synthetic_data(plugin())[1]))
+    def loaded(self, factory: pytest.TempPathFactory) -> Any:
+        digest = self.trained(factory).params_digest
+        return self.once("restoring", lambda: self.testing.check_restore(self.plugin(), self.workdir(factory), digest))
 
-    def one_device() -> Any:
-        return once("the one-device build", lambda: testing.check_builds_on_one_device(plugin()))
+    def metrics(self, factory: pytest.TempPathFactory) -> Any:
+        model, data = self.loaded(factory), self.testing.synthetic_data(self.plugin())[1]
+        return self.once("evaluate", lambda: self.testing.check_evaluate(self.plugin(), model, data))
 
-    def needs(field: str) -> None:
-        if getattr(plugin(), field, None) is None:
-            pytest.skip(f"plugin {plugin_name!r} has no {field}")
+    def needs(self, field: str) -> None:
+        if getattr(self.plugin(), field, None) is None:
+            pytest.skip(f"plugin {self.name!r} has no {field}")
+
+
+def make_suite(plugin_name: str, *, steps: int, batch_size: int | None) -> type:
+    """A test class running each check of ``zoo.testing`` on ``plugin_name`` as its own item."""
+    from zoo import testing
+
+    run = _Steps(plugin_name, steps, batch_size)
 
     class Conformance:
         pytestmark = [pytest.mark.zoo_conformance(plugin_name)]
 
         def test_discovery_is_light(self):
-            plugin()
+            run.plugin()
             testing.check_light_import(plugin_name)
 
         def test_contract(self):
-            testing.check_contract(plugin())
+            testing.check_contract(run.plugin())
 
         def test_variants_build(self):
-            testing.check_variants(plugin())
+            testing.check_variants(run.plugin())
 
         def test_builds_on_one_device(self):
-            one_device()
+            run.one_device()
 
         def test_builds_on_several_devices(self):
-            testing.check_builds_on_several_devices(plugin(), one_device())
+            testing.check_builds_on_several_devices(run.plugin(), run.one_device())
 
         def test_trains_a_few_steps(self, tmp_path_factory):
-            trained(tmp_path_factory)
+            run.trained(tmp_path_factory)
 
         def test_save_restore_round_trip(self, tmp_path_factory):
-            loaded(tmp_path_factory)
+            run.loaded(tmp_path_factory)
 
         def test_sample(self, tmp_path_factory):
-            needs("sample")
-            testing.check_sample(plugin(), loaded(tmp_path_factory))
+            run.needs("sample")
+            testing.check_sample(run.plugin(), run.loaded(tmp_path_factory))
 
         def test_predict(self, tmp_path_factory):
-            needs("predict")
-            if not testing.check_predict(plugin(), loaded(tmp_path_factory), testing.synthetic_data(plugin())[1]):
+            run.needs("predict")
+            data = testing.synthetic_data(run.plugin())[1]
+            if not testing.check_predict(run.plugin(), run.loaded(tmp_path_factory), data):
                 pytest.skip("the kit feeds predict images; its dataset has none (test texts in your own tests)")
 
         def test_evaluate(self, tmp_path_factory):
-            needs("evaluate")
-            metrics(tmp_path_factory)
+            run.needs("evaluate")
+            run.metrics(tmp_path_factory)
 
         def test_datasets(self):
-            testing.check_datasets(plugin())
+            testing.check_datasets(run.plugin())
 
         def test_catalogue(self, tmp_path_factory):
-            reported = metrics(tmp_path_factory) if plugin().evaluate is not None else None
-            testing.check_catalogue(plugin(), reported)
+            reported = run.metrics(tmp_path_factory) if run.plugin().evaluate is not None else None
+            testing.check_catalogue(run.plugin(), reported)
 
     setattr(Conformance, SUITE_ATTRIBUTE, plugin_name)
     Conformance.__qualname__ = Conformance.__name__ = f"Conformance_{plugin_name}"
