@@ -62,6 +62,14 @@ def test_writes_a_complete_package(tmp_path, kind, with_dataset):
     assert 'datasets=("mymodel-shapes", "mnist")' in light if with_dataset else 'datasets=("mnist",)' in light
 
 
+def test_the_default_folder_is_the_distribution_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(["new-plugin", "my_model", "--kind", "classifier"])
+    assert code == 0, err
+    assert _files(tmp_path / "zoo-my-model") == {f.replace("zoo_mymodel", "zoo_my_model") for f in COMMON_FILES}
+    assert 'name = "zoo-my-model"' in (tmp_path / "zoo-my-model" / "pyproject.toml").read_text()
+
+
 def test_an_existing_empty_folder_is_filled(tmp_path):
     (tmp_path / "empty").mkdir()
     code, out, err = run_main(["new-plugin", "mymodel", "--dir", str(tmp_path / "empty")])
