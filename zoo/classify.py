@@ -87,11 +87,10 @@ def _logits(model: Any, images: jax.Array) -> jax.Array:
     return model(images).astype(jnp.float32)
 
 
-def _predicted(model: Any, images: np.ndarray) -> np.ndarray:
-    """Predicted class (N,) of images (N, H, W, C) in [0, 1], in batches."""
-    return np.concatenate(
-        [np.asarray(jnp.argmax(_logits(model, jnp.asarray(images[i : i + EVAL_BATCH])), -1)) for i in range(0, len(images), EVAL_BATCH)]
-    )
+def _batched_logits(model: Any, images: np.ndarray) -> np.ndarray:
+    """Logits (N, K) of images (N, H, W, C) in [0, 1], ``EVAL_BATCH`` at a time."""
+    batches = [images[i : i + EVAL_BATCH] for i in range(0, len(images), EVAL_BATCH)]
+    return np.concatenate([np.asarray(_logits(model, jnp.asarray(batch))) for batch in batches])
 
 
 def _attacked(model: Any, images: np.ndarray, labels: np.ndarray, attack: Attack) -> np.ndarray:
@@ -99,8 +98,8 @@ def _attacked(model: Any, images: np.ndarray, labels: np.ndarray, attack: Attack
     out = []
     for start in range(0, len(images), EVAL_BATCH):
         key = jax.random.fold_in(jax.random.key(ATTACK_SEED), start)
-        stop = start + EVAL_BATCH
-        out.append(np.asarray(adversarial_images(model, jnp.asarray(images[start:stop]), jnp.asarray(labels[start:stop]), key, attack)))
+        x, y = jnp.asarray(images[start : start + EVAL_BATCH]), jnp.asarray(labels[start : start + EVAL_BATCH])
+        out.append(np.asarray(adversarial_images(model, x, y, key, attack)))
     return np.concatenate(out) if out else images
 
 
@@ -127,9 +126,8 @@ def evaluate(
       {"accuracy", "loss", "accuracy/<k>" for each class present, "confusion/<t>/<p>",
       "robust_accuracy"}, all floats; accuracies are fractions in [0, 1].
     """
-    images, labels = to_unit(data[IMAGE_KEY]), np.asarray(data[LABEL_KEY]).astype(np.int32)
-    images = np.asarray(images)
-    logits = np.concatenate([np.asarray(_logits(model, jnp.asarray(images[i : i + EVAL_BATCH]))) for i in range(0, len(images), EVAL_BATCH)])
+    images, labels = np.asarray(to_unit(data[IMAGE_KEY])), np.asarray(data[LABEL_KEY]).astype(np.int32)
+    logits = _batched_logits(model, images)
     k = num_classes or logits.shape[-1]
     predicted = logits.argmax(-1)
     loss = optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits), jnp.asarray(labels)).mean()
@@ -144,7 +142,7 @@ def evaluate(
         attack, images, labels = CARD_ATTACK, images[:robust_examples], labels[:robust_examples]
     if attack is not None:
         adversarial = _attacked(model, images, labels, attack)
-        metrics["robust_accuracy"] = float(np.mean(_predicted(model, adversarial) == labels))
+        metrics["robust_accuracy"] = float(np.mean(_batched_logits(model, adversarial).argmax(-1) == labels))
     return metrics
 
 

@@ -57,3 +57,26 @@ def test_learns_mnist(tmp_path):
     subset = {k: v[:2000] for k, v in test.items()}
     zoo.train("mlp", variant="3-layer", workdir=tmp_path, steps=300, batch_size=128, progress=False)
     assert classify.evaluate(zoo.load(tmp_path).model, subset, robust_examples=0)["accuracy"] > 0.93
+
+
+def test_predict_with_an_attack_writes_the_triptych(tmp_path, capsys):
+    """`zoo predict mlp-mnist --attack fgsm --out adv.png` on a drawn "1": the PNG holds the input, an image
+    within eps of it, and the perturbation (grey 128 where nothing moved), each a 28x28 panel."""
+    from PIL import Image
+
+    from zoo import cli
+
+    digit = np.zeros((28, 28), np.uint8)
+    digit[4:24, 13:15] = 255  # a vertical stroke
+    Image.fromarray(digit).save(tmp_path / "one.png")
+    out = tmp_path / "adv.png"
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["predict", "mlp-mnist", "--input", str(tmp_path / "one.png"), "--attack", "fgsm", "--eps", "0.1", "--out", str(out)])
+    assert exit_code.value.code == 0
+    assert "-> attacked:" in capsys.readouterr().out
+    grid = np.asarray(Image.open(out).convert("L")).astype(int)
+    panels = [grid[2:30, 2 + 30 * i : 30 + 30 * i] for i in range(3)]  # 2-pixel padding around 28x28 panels
+    np.testing.assert_array_equal(panels[0], digit)
+    assert np.abs(panels[1] - digit).max() <= 26  # eps 0.1 of 255, plus rounding
+    moved = panels[1] != digit
+    assert moved.any() and np.all(np.abs(panels[2][~moved] - 128) <= 1)

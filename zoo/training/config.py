@@ -7,6 +7,7 @@ from typing import Literal
 
 import optax
 
+from zoo.attacks import Attack
 from zoo.errors import UsageError
 
 
@@ -39,6 +40,12 @@ class TrainConfig:
     keep: int = 3  # newest checkpoints kept (plus the best by the plugin's metric)
     eval_every: int | None = None  # run the plugin's evaluate every N steps
     log_every: int = 100
+    # Adversarial training (Madry et al., 2018): the loss sees attacked inputs instead of clean ones.
+    # None defaults keep older workdirs resumable; the attack's defaults fill them in.
+    adversarial: Literal["fgsm", "pgd"] | None = None
+    adversarial_eps: float | None = None  # L-inf radius, a fraction of the inputs' valid range [0.1]
+    adversarial_steps: int | None = None  # PGD iterations per training step [7]
+    adversarial_step_size: float | None = None  # [2.5 * eps / steps]
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "grad_accum", "steps_per_call", "log_every", "keep")
@@ -56,6 +63,15 @@ class TrainConfig:
                 raise UsageError(f"{name} ({value}) must be a positive multiple of steps_per_call ({k})")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise UsageError(f"ema_decay must be in (0, 1); got {self.ema_decay}")
+        self.adversarial_attack  # noqa: B018  an invalid eps or step count fails here, before anything compiles
+
+    @property
+    def adversarial_attack(self) -> Attack | None:
+        """The attack adversarial training runs on every batch, or None."""
+        if self.adversarial is None:
+            return None
+        given = {"eps": self.adversarial_eps, "steps": self.adversarial_steps, "step_size": self.adversarial_step_size}
+        return Attack(self.adversarial, **({"eps": 0.1, "steps": 7} | {k: v for k, v in given.items() if v is not None}))
 
 
 def make_optimizer(cfg: TrainConfig, learning_rate: float | None = None) -> optax.GradientTransformation:

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from zoo.errors import ZooError
-from zoo.training.objectives import CustomStep, Group, Groups, LossFn, Objective, objective_groups
+from zoo.attacks import perturb
+from zoo.errors import UsageError, ZooError
+from zoo.training.objectives import CustomStep, Group, Groups, Loss, LossFn, Objective, objective_groups
 from zoo.training.state import StepContext, TrainState, replace_at
 
 StepFn = Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict]]
@@ -139,11 +140,40 @@ def _update_custom(ctx: StepContext, fn: Callable, state: TrainState, batch: Any
 
 def _updates_for(ctx: StepContext, objective: Objective) -> UpdateFn:
     if isinstance(objective, CustomStep):
-        return functools.partial(_update_custom, ctx, objective.fn)
-    groups = objective_groups(objective)
-    if isinstance(objective, Groups) and objective.alternate:
-        return functools.partial(_update_alternating, ctx, groups)
-    return functools.partial(_update_all, ctx, groups)
+        update = functools.partial(_update_custom, ctx, objective.fn)
+    elif isinstance(objective, Groups) and objective.alternate:
+        update = functools.partial(_update_alternating, ctx, objective_groups(objective))
+    else:
+        update = functools.partial(_update_all, ctx, objective_groups(objective))
+    return _adversarial(ctx, objective, update) if ctx.config.adversarial else update
+
+
+ATTACK_STREAM = 0x41  # folded into a step's key for the attack's random start; the loss keeps the step's own key
+
+
+def _adversarial(ctx: StepContext, objective: Objective, update: UpdateFn) -> UpdateFn:
+    """``update`` fed adversarial inputs (Madry et al., 2018): only the batch's declared inputs change.
+
+    The attack raises the plugin's own loss on the current model. Its forward passes
+    run on models merged afresh from the state, so whatever they would write (BatchNorm
+    statistics) is dropped; the loss then sees the attacked batch with the step's own
+    key, so with eps 0 a step equals the clean step (to float rounding: tests/zoo/test_adversarial_training.py).
+    """
+    if not isinstance(objective, Loss) or objective.inputs is None:
+        raise UsageError("train.adversarial needs a loss declaring its attackable inputs: zoo.training.Loss(fn, inputs=...)")
+    attack, inputs, model_def = ctx.config.adversarial_attack, objective.inputs, ctx.model_def
+
+    def adversarial_update(state: TrainState, batch: Any, key: jax.Array):
+        clean = batch[inputs.key]
+
+        def loss_of(x: jax.Array) -> jax.Array:  # summed over examples, as perturb wants
+            model = model_def.merge(model_def.combine(state.params, state.rest))
+            return clean.shape[0] * _split_loss(objective.fn(model, batch | {inputs.key: x}, key))[0]
+
+        attacked = perturb(attack, loss_of, clean, jax.random.fold_in(key, ATTACK_STREAM), (inputs.low, inputs.high))
+        return update(state, batch | {inputs.key: attacked}, key)
+
+    return adversarial_update
 
 
 def make_train_step(ctx: StepContext, objective: Objective) -> StepFn:
