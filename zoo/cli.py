@@ -206,6 +206,29 @@ def sample(name: str, n: int, seed: int, out: Path | None, prompt: str | None, s
     _write_samples(model.sample(n, seed=seed, **options), out)
 
 
+def _attack_options(command: Any) -> Any:
+    """--attack/--eps/--steps/--step-size/--random-start, shared by eval and predict."""
+    options = [
+        click.option("--attack", type=click.Choice(["fgsm", "pgd"]), help="Adversarial attack (classifiers): L-inf FGSM or PGD."),
+        click.option("--eps", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True, help="Attack radius, a fraction of the input range."),
+        click.option("--steps", "attack_steps", type=click.IntRange(min=1), default=40, show_default=True, help="PGD iterations."),
+        click.option("--step-size", type=click.FloatRange(min=0.0, min_open=True), help="PGD step [2.5 * eps / steps]."),
+        click.option("--random-start/--no-random-start", default=True, show_default=True, help="Start from a random point of the eps ball."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _attack(attack: str | None, eps: float, attack_steps: int, step_size: float | None, random_start: bool) -> Any:
+    """The ``zoo.attacks.Attack`` the options describe, or None without --attack."""
+    if attack is None:
+        return None
+    from zoo.attacks import Attack
+
+    return Attack(attack, eps, attack_steps, step_size, random_start)
+
+
 @cli.command()
 @click.argument("name")
 @click.option(
@@ -215,37 +238,89 @@ def sample(name: str, n: int, seed: int, out: Path | None, prompt: str | None, s
 )  # fmt: skip
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="How many classes per input.")
 @click.option("--option", "predict_options", multiple=True, metavar="KEY=VALUE", help="Plugin predict option.")
+@_attack_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="With --attack: PNG of original | adversarial | perturbation.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def predict(name: str, inputs: tuple[Path, ...], top: int, predict_options, as_json: bool) -> None:
+def predict(name: str, inputs: tuple[Path, ...], top: int, predict_options, out: Path | None, as_json: bool, **attack_settings) -> None:
     """Classify input files with a pretrained model NAME or a training WORKDIR."""
     from zoo import prediction
 
+    attack = _attack(**attack_settings)
+    if out is not None and (attack is None or out.suffix.lower() != ".png"):
+        raise UsageError("--out writes the adversarial triptych: it needs --attack and a .png name")
     prediction.check_paths(inputs)  # a file it cannot read fails before the model loads
     _quiet_jax_logs()
     model = api.load(name)
     declared = model.dataset_declaration
     batch, labels = prediction.read_files(inputs, declared and declared.image_shape)
-    probabilities = model.predict(batch, **parse_assignments(predict_options))
-    ranked = prediction.top_classes(probabilities, model.classes, top)
+    options = parse_assignments(predict_options)
+    ranked = prediction.top_classes(model.predict(batch, **options), model.classes, top)
+    rows = [{"input": label, "top": best} for label, best in zip(labels, ranked, strict=True)]
+    if attack is not None:
+        adversarial = _attacked_inputs(model, batch, attack)
+        for row, best in zip(rows, prediction.top_classes(model.predict(adversarial, **options), model.classes, top)):
+            row["adversarial_top"] = best
+        if out is not None:
+            from zoo import classify, images
+
+            images.save_grid(classify.triptychs(batch, adversarial, attack.eps), out, columns=3)
+            click.echo(f"wrote original | adversarial | perturbation ({attack.describe()}) to {out}", err=True)
     if as_json:
-        _emit_json([{"input": label, "top": best} for label, best in zip(labels, ranked, strict=True)])
+        _emit_json(rows)
         return
-    for label, best in zip(labels, ranked, strict=True):
-        click.echo(f"{label}: " + ", ".join(f"{c['class']} {c['probability']:.3f}" for c in best))
+    for row in rows:
+        text = ", ".join(f"{c['class']} {c['probability']:.3f}" for c in row["top"])
+        if "adversarial_top" in row:
+            text += "  -> attacked: " + ", ".join(f"{c['class']} {c['probability']:.3f}" for c in row["adversarial_top"])
+        click.echo(f"{row['input']}: {text}")
+
+
+def _attacked_inputs(model: Any, batch: Any, attack: Any) -> Any:
+    """Adversarial versions of image inputs, attacked away from the model's own predictions."""
+    from zoo import classify
+
+    if isinstance(batch, list):
+        raise UsageError("--attack perturbs images; these inputs are texts")
+    try:
+        adversarial, _ = classify.attack_images(model.model, batch, attack)
+    except (TypeError, ValueError) as e:
+        raise ZooError(f"plugin {model.plugin.name!r}: --attack needs a model mapping images to logits (zoo.classify): {e}") from None
+    return adversarial
 
 
 @cli.command("eval")
 @click.argument("name")
+@_attack_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Save the confusion matrix as a PNG (classifiers).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def eval_command(name: str, as_json: bool) -> None:
+def eval_command(name: str, out: Path | None, as_json: bool, **attack_settings) -> None:
     """Evaluate a pretrained model NAME or a training WORKDIR on its test split."""
+    attack = _attack(**attack_settings)
+    if out is not None and out.suffix.lower() != ".png":
+        raise UsageError(f"--out writes the confusion matrix as a PNG: name it .png; got {out.name}")
     _quiet_jax_logs()
-    metrics = api.load(name).evaluate()
+    model = api.load(name)
+    metrics = model.evaluate(**({"attack": attack} if attack is not None else {}))
+    from zoo import classify
+
+    matrix = classify.confusion_matrix(metrics)
+    if out is not None:
+        if matrix is None:
+            raise UsageError(f"{name}: its evaluate reports no confusion matrix to draw")
+        classify.confusion_png(matrix, out, model.classes)
+        click.echo(f"wrote the confusion matrix to {out}", err=True)
     if as_json:
         _emit_json(metrics)
-    else:
-        for key, value in metrics.items():
-            click.echo(f"{key}: {value:.4f}")
+        return
+    per_class = {k.partition("/")[2]: v for k, v in metrics.items() if k.startswith("accuracy/")}
+    for key, value in metrics.items():
+        if not key.startswith(("accuracy/", "confusion/")):
+            click.echo(f"{key}: {value:.4f}" + (f"  ({attack.describe()})" if key == "robust_accuracy" and attack else ""))
+    if per_class:
+        names = model.classes
+        click.echo("per-class accuracy: " + ", ".join(f"{names[int(k)] if len(names) > int(k) else k} {v:.4f}" for k, v in per_class.items()))
+    if matrix is not None:
+        click.echo(classify.format_confusion(matrix, model.classes))
 
 
 @cli.command()

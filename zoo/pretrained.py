@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from zoo import checkpoint, memory, registry
+from zoo import checkpoint, memory, registry, remote
 from zoo.catalog import PretrainedEntry
 from zoo.config import call_options, config_from_dict, make_config
 from zoo.errors import UsageError, ZooError
@@ -119,7 +119,7 @@ class _Source:
 def checkpoint_folder(entry: PretrainedEntry) -> Path:
     """The verified local folder of a catalogue entry (fetched once if remote)."""
     if entry.remote:
-        return checkpoint.fetch_remote(entry.checkpoint, entry.sha256, entry.name, size=entry.size)
+        return remote.fetch_remote(entry.checkpoint, entry.sha256, entry.name, size=entry.size)
     folder = entry.local_path
     if not folder.is_dir():
         raise ZooError(f"checkpoint of {entry.name} is missing: {folder} (named in {entry.source})")

@@ -33,7 +33,7 @@ from fixtures_checkpoints import (  # noqa: F401 - fixtures are used by name
 
 import zoo
 import zoo.download
-from zoo import checkpoint, env, pretrained
+from zoo import checkpoint, env, pretrained, remote
 from zoo.checkpoint import MANIFEST, CheckpointError
 from zoo.errors import IntegrityError, UsageError, ZooError
 
@@ -69,7 +69,7 @@ def no_network(monkeypatch) -> list:
         attempts.append(args)
         raise AssertionError(f"a download was attempted: {args}")
 
-    monkeypatch.setattr(checkpoint, "download", refuse)
+    monkeypatch.setattr(remote, "download", refuse)
     monkeypatch.setattr(zoo.download, "download", refuse)
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     return attempts
@@ -231,8 +231,8 @@ def test_remote_checkpoint_is_fetched_once_verified_and_reused(tmp_path, tiny_zo
     remote_catalog(tmp_path, monkeypatch, archive, tiny_zoo.sha256)
     cache = env.home() / "checkpoints" / f"{NAME}-{tiny_zoo.sha256[:16]}"
     fetched = []
-    real_download = checkpoint.download
-    monkeypatch.setattr(checkpoint, "download", lambda url, *a, **kw: fetched.append(url) or real_download(url, *a, **kw))
+    real_download = remote.download
+    monkeypatch.setattr(remote, "download", lambda url, *a, **kw: fetched.append(url) or real_download(url, *a, **kw))
 
     first = zoo.load(NAME)
     assert fetched == [archive.as_uri()]
@@ -375,14 +375,14 @@ def test_a_concurrent_fetch_of_the_same_checkpoint_is_not_an_error(tmp_path, tin
     archive = zip_checkpoint(tiny_zoo.checkpoint, tmp_path / "tiny.zip")
     remote_catalog(tmp_path, monkeypatch, archive, tiny_zoo.sha256)
     cache = env.home() / "checkpoints" / f"{NAME}-{tiny_zoo.sha256[:16]}"
-    real_download = checkpoint.download
+    real_download = remote.download
 
     def racing(url, dest, **kwargs):
         fetched = real_download(url, dest, **kwargs)
         shutil.copytree(tiny_zoo.checkpoint, cache)  # meanwhile, the other process finished its fetch
         return fetched
 
-    monkeypatch.setattr(checkpoint, "download", racing)
+    monkeypatch.setattr(remote, "download", racing)
     loaded = zoo.load(NAME)
     assert loaded.checkpoint == cache
     assert digest_of(loaded) == tiny_zoo.digest

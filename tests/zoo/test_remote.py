@@ -24,7 +24,7 @@ import pytest
 from fixtures_checkpoints import NAME, isolated_env, tiny_zoo, use_catalog, write_catalog  # noqa: F401
 
 import zoo
-from zoo import checkpoint, download, env, publish
+from zoo import checkpoint, download, env, publish, remote
 from zoo.errors import IntegrityError, ZooError
 
 
@@ -189,7 +189,7 @@ def test_a_zip_bomb_writes_no_more_than_the_manifest_allows(tmp_path, monkeypatc
     server.routes["/bomb.zip"] = body(archives["bomb"])
     catalog_for(tmp_path, monkeypatch, server.url("/bomb.zip"), tiny_zoo.sha256)
     written = []
-    real = checkpoint._copy_bounded
+    real = remote._copy_bounded
 
     def spy(source, dest, bound, what):
         try:
@@ -197,7 +197,7 @@ def test_a_zip_bomb_writes_no_more_than_the_manifest_allows(tmp_path, monkeypatc
         finally:
             written.append(dest.stat().st_size if dest.exists() else 0)
 
-    monkeypatch.setattr(checkpoint, "_copy_bounded", spy)
+    monkeypatch.setattr(remote, "_copy_bounded", spy)
     with pytest.raises(IntegrityError, match="expands beyond"):
         zoo.load(NAME)
     biggest = max(p.stat().st_size for p in tiny_zoo.checkpoint.rglob("*") if p.is_file())
