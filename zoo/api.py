@@ -126,6 +126,21 @@ def _split_settings(config_cls: type, train_cls: type, settings: Mapping[str, An
     return model, train
 
 
+def _training_dataset(p: Any, dataset: str | None, train_data: Mapping[str, Any] | None) -> str:
+    """The dataset to train on: the given one (if the plugin allows it), else the plugin's first."""
+    if dataset is None:
+        if not p.datasets:
+            raise UsageError(f"plugin {p.name!r} declares no dataset; pass one")
+        dataset = p.datasets[0]
+    elif p.datasets and dataset not in p.datasets:
+        raise UnknownName(f"dataset for plugin {p.name!r}", dataset, p.datasets)
+    if train_data is None:
+        from zoo import data
+
+        data.get(dataset)  # unknown or broken: fails here, naming the dataset, not inside the plugin's train
+    return dataset
+
+
 def train(
     plugin: str,
     *,
@@ -150,22 +165,15 @@ def train(
     from zoo import sharding, training
     from zoo.config import fill_dataclass, make_config
 
+    if workdir is not None and not str(workdir).strip():
+        raise UsageError("--workdir is empty; name a folder (it would otherwise train into the current one)")
     p = registry.get_plugin(plugin)
     config_cls = p.resolve("config")
     model_overrides, train_overrides = _split_settings(config_cls, training.TrainConfig, settings or {})
     train_cfg = fill_dataclass(training.TrainConfig, {}, {**train_overrides, **train_options}, "training config")
     variant = variant or p.default_variant
     config = make_config(p, variant, model_overrides)
-    if dataset is None:
-        if not p.datasets:
-            raise UsageError(f"plugin {plugin!r} declares no dataset; pass one")
-        dataset = p.datasets[0]
-    elif p.datasets and dataset not in p.datasets:
-        raise UnknownName(f"dataset for plugin {plugin!r}", dataset, p.datasets)
-    if train_data is None:
-        from zoo import data
-
-        data.get(dataset)  # unknown or broken: fails here, naming the dataset, not inside the plugin's train
+    dataset = _training_dataset(p, dataset, train_data)
     run = training.Run(
         plugin=p,
         variant=variant,
@@ -179,11 +187,7 @@ def train(
         eval_data=eval_data,
         progress=progress,
     )
-    if init_from is not None:
-        from zoo import pretrained
-
-        pretrained.check_loadable(init_from)  # unknown names and foreign folders fail before anything compiles
-    run.check()  # the core's own refusals, before the plugin's code runs
+    run.check()  # the core's own refusals (layout, workdir, --init-from), before the plugin's code runs
     result = p.resolve("train")(run)
     if not isinstance(result, training.TrainResult):
         raise ZooError(f"plugin {plugin!r}: train returned {type(result).__name__}, not a TrainResult")

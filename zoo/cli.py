@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,17 @@ def _quiet_jax_logs() -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="flax-zoo", prog_name="zoo")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of any error (also ZOO_DEBUG=1).")
+def cli(debug: bool) -> None:
     """flax-zoo: pretrained JAX/Flax models by name, and one training loop for all of them."""
+    if debug:
+        os.environ["ZOO_DEBUG"] = "1"  # read by main's error handler, and by subprocesses we start
+
+
+def _traceback_if_debugging() -> None:
+    """With ``--debug`` or ``ZOO_DEBUG=1``, the handled error's traceback goes to stderr before its one line."""
+    if os.environ.get("ZOO_DEBUG", "") not in ("", "0"):
+        traceback.print_exc()
 
 
 # --------------------------------------------------------------------------- list / info
@@ -120,7 +130,7 @@ def _print_info(model: api.ModelInfo) -> None:
 @click.option("--steps", type=click.IntRange(min=1), help="Total steps (a resumed run continues to this).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
 @click.option("--seed", type=int, help="Seed for initialisation, shuffling and sampling.")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Run folder [runs/PLUGIN-VARIANT].")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Run folder [runs/PLUGIN-VARIANT].")  # str: "" stays refusable
 @click.option("--checkpoint-every", type=click.IntRange(min=1), help="Save every N steps (and at the end).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Model config field, or train.FIELD.")
 @click.option("--mesh", metavar="AXIS=N[,AXIS=N]", help="Device mesh over data, fsdp, tensor [all on data].")
@@ -132,15 +142,23 @@ def _print_info(model: api.ModelInfo) -> None:
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train(plugin: str, settings: tuple[str, ...], coordinator, num_processes, process_id, as_json, quiet, **options) -> None:
     """Train PLUGIN with the shared loop (resumes an existing --workdir)."""
-    from zoo import distributed
+    from zoo import distributed, stopping
 
-    _quiet_jax_logs()
-    distributed.initialize(coordinator, num_processes, process_id)
-    named = {k: options.pop(k) for k in ("variant", "dataset", "workdir", "mesh", "init_from")}
-    train_options = {k: v for k, v in options.items() if v is not None}
-    result = api.train(plugin, settings=parse_assignments(settings), progress=not quiet, **named, **train_options)
+    # Ctrl-C and SIGTERM are recorded from here on (before JAX loads), and the loop stops on them
+    # at a step every process agrees on: exit 130 / 143 with a checkpoint, never a lost signal.
+    with stopping.catching() as requests:
+        _quiet_jax_logs()
+        distributed.initialize(coordinator, num_processes, process_id)
+        named = {k: options.pop(k) for k in ("variant", "dataset", "workdir", "mesh", "init_from")}
+        train_options = {k: v for k, v in options.items() if v is not None}
+        result = api.train(plugin, settings=parse_assignments(settings), progress=not quiet, **named, **train_options)
+        if requests.flags:  # arrived after the loop's last look: the run is complete and saved, still say so
+            from zoo.training import Interrupted
+
+            raise Interrupted("interrupted after training finished; everything was saved", requests.exit_code(requests.flags))
     if as_json:
-        _emit_json({k: result.to_json()[k] for k in ("step", "loss", "params_digest", "workdir")} | {"metrics": dict(result.metrics)})
+        keys = ("step", "loss", "params_digest", "workdir", "resumed_from")  # resumed_from: the step it resumed at, or null
+        _emit_json({k: result.to_json()[k] for k in keys} | {"metrics": dict(result.metrics)})
     else:
         click.echo(f"trained {plugin} to step {result.step}: loss {result.loss:.4f} ({result.seconds:.1f}s); workdir {result.workdir}")
 
@@ -514,17 +532,21 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"zoo: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
+        _traceback_if_debugging()
         click.echo("zoo: interrupted", err=True)
         sys.exit(130)
     except ZooError as e:
-        label = "zoo:" if e.exit_code == 130 else "zoo: error:"  # an interruption is not a failure
+        _traceback_if_debugging()
+        label = "zoo:" if e.exit_code in (130, 143) else "zoo: error:"  # an interruption is not a failure
         click.echo(f"{label} {e}", err=True)
         sys.exit(e.exit_code)
     except OSError as e:  # an unwritable --out or --workdir, a full disk, a missing folder
+        _traceback_if_debugging()
         where = f"{e.filename}: " if e.filename else ""
         click.echo(f"zoo: error: {where}{e.strerror or e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
+        _traceback_if_debugging()
         click.echo("zoo: interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:

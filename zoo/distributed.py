@@ -49,6 +49,10 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # JAX's preemption service takes SIGTERM over at the C level, out of Python's sight: with it on,
+    # a SIGTERM to one process was swallowed and the run went on to the end. zoo.stopping records
+    # SIGTERM itself and every process agrees on the step to stop at (DESIGN: shared loop).
+    jax.config.update("jax_enable_preemption_service", False)
     _native_stdout_to_stderr()
     try:
         if coordinator is None:

@@ -164,12 +164,6 @@ def _resolve(name_or_path: str | Path, overrides: Mapping[str, Any] | None) -> _
     return _Source(str(name_or_path), plugin, config, folder, item, dataset)
 
 
-def check_loadable(name_or_path: str | Path) -> str:
-    """Check that ``name_or_path`` names loadable weights (a catalogue name, a workdir, a checkpoint
-    folder), verified; returns the plugin they belong to."""
-    return _resolve(name_or_path, None).plugin.name
-
-
 def _restore_model(source: _Source) -> Any:
     from flax import nnx
 

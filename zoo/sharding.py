@@ -54,6 +54,8 @@ def parse_mesh(text: str | None) -> dict[str, int]:
             raise UsageError(f"--mesh takes AXIS=N[,AXIS=N] with axes {', '.join(MESH_AXES)}; got {part!r}")
         if not size.strip().isdigit() or int(size) < 1:
             raise UsageError(f"--mesh: size of {axis!r} must be a positive integer; got {size!r}")
+        if axis in shape:
+            raise UsageError(f"--mesh names {axis!r} twice ({text!r}); name each axis once")
         shape[axis] = int(size)
     return shape
 
@@ -76,13 +78,10 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     if math.prod(sizes) != len(devices):
         layout = ",".join(f"{a}={n}" for a, n in zip(MESH_AXES, sizes) if n > 1) or "1 device"
         raise UsageError(f"mesh {layout} needs {math.prod(sizes)} devices; there are {len(devices)}")
-    return Mesh(
-        np.asarray(devices).reshape(sizes),
-        MESH_AXES,
-        # Auto: XLA propagates shardings through each op (Explicit rejects
-        # contractions over a split dimension).
-        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
-    )
+    # jax.make_mesh orders the devices by the hardware's topology (rings, hosts) rather
+    # than by their numbering. Auto: XLA propagates shardings through each op (Explicit
+    # rejects contractions over a split dimension).
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
 def mesh_size(mesh: Mesh, axes: str | Sequence[str]) -> int:
@@ -156,6 +155,28 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch size") -> N
             f"{what} {batch_size} does not divide over the mesh's data x fsdp = {shards} shards; "
             f"use a multiple of {shards}"
         )
+
+
+def process_rows(sharding: NamedSharding, global_batch: int) -> slice:
+    """The rows of a global batch that this process's devices hold under ``sharding`` (batch axis first).
+
+    Processes split the batch only as far as the mesh's batch axes span them: with
+    ``tensor=4`` over two processes each holds every row; with ``data=2,tensor=2``,
+    each holds half. (JAX places a process's devices in one block of the mesh, so
+    its rows are contiguous; anything else is refused rather than mis-fed.)
+    """
+    shape = (global_batch,)
+    starts_stops = {
+        (index[0].start or 0, global_batch if index[0].stop is None else index[0].stop)
+        for index in sharding.addressable_devices_indices_map(shape).values()
+    }
+    start, stop = min(a for a, _ in starts_stops), max(b for _, b in starts_stops)
+    covered = np.zeros(global_batch, bool)
+    for a, b in starts_stops:
+        covered[a:b] = True
+    if not covered[start:stop].all():
+        raise UsageError(f"this process's devices hold non-contiguous rows of the batch under {sharding.spec}; use another --mesh")
+    return slice(start, stop)
 
 
 def put_global_batch(local: Any, sharding: NamedSharding, global_batch: int, leading: int = 0) -> Any:

@@ -17,9 +17,15 @@ from zoo_vae import train as vae_train
 
 @pytest.mark.parametrize("variant,latent", [("dense-20", 20), ("conv-16", 16)])
 def test_shapes(variant, latent):
-    model = zoo.build("vae", variant)
-    x = jnp.zeros((3, 28, 28, 1))
-    logits, mean, logvar = model(x, jax.random.key(0))
+    """Shapes only: traced abstractly (nnx.eval_shape), no weights made and no convolution run."""
+    from zoo.config import make_config
+
+    plugin = zoo.registry.get_plugin("vae")
+    config = make_config(plugin, variant, {})
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: vae_model.build(config, nnx.Rngs(0)))
+    out = nnx.eval_shape(lambda m, x: m(x, jax.random.key(0)), model, jax.ShapeDtypeStruct((3, 28, 28, 1), jnp.float32))
+    logits, mean, logvar = out
     assert logits.shape == (3, 28, 28, 1)
     assert mean.shape == logvar.shape == (3, latent)
 
@@ -36,17 +42,44 @@ def test_dense_20_is_the_seed_architecture():
     }
 
 
-def test_kl_matches_closed_form_and_recon_is_bce():
+def _binary_images(n: int) -> jnp.ndarray:
+    return jnp.asarray((np.random.default_rng(0).random((n, 28, 28, 1)) > 0.5).astype(np.float32))
+
+
+def test_kl_matches_a_monte_carlo_estimate():
+    """KL(q(z|x) || N(0, I)) against E_q[log q(z) - log p(z)] from 200k samples of q, in numpy."""
     model = zoo.build("vae", "dense-20", seed=1)
-    x = (np.random.default_rng(0).random((4, 28, 28, 1)) > 0.5).astype(np.float32)
-    recon, kl = vae_train.elbo_terms(model, jnp.asarray(x), jax.random.key(0))
-    mean, logvar = model.encoder(jnp.asarray(x))
-    expected_kl = 0.5 * np.sum(np.exp(logvar) + np.asarray(mean) ** 2 - 1 - logvar, axis=-1)
-    np.testing.assert_allclose(kl, expected_kl, rtol=1e-5)
-    assert recon.shape == (4,) and np.all(recon > 0)
-    # -log p(x|z) of a Bernoulli over 784 pixels is at least 0 and, for an untrained
-    # decoder near p=0.5, close to 784 * log 2.
-    assert np.all(np.abs(np.asarray(recon) / 784 - np.log(2)) < 0.5)
+    x = _binary_images(4)
+    _, kl = vae_train.elbo_terms(model, x, jax.random.key(0))
+    mean, logvar = (np.asarray(t, np.float64) for t in model.encoder(x))
+    eps = np.random.default_rng(1).standard_normal((200_000, *mean.shape))
+    z = mean + np.exp(logvar / 2) * eps
+    log_q = -0.5 * np.sum(eps**2 + logvar + np.log(2 * np.pi), axis=-1)  # (S, 4)
+    log_p = -0.5 * np.sum(z**2 + np.log(2 * np.pi), axis=-1)
+    samples = log_q - log_p
+    standard_error = samples.std(axis=0) / np.sqrt(len(samples))
+    np.testing.assert_array_less(np.abs(np.asarray(kl) - samples.mean(axis=0)), 5 * standard_error + 1e-6)
+
+
+@pytest.mark.parametrize("mean_value,expected", [(0.0, 0.0), (1.0, 10.0)])
+def test_kl_at_known_points(mean_value, expected):
+    """q = N(m, I) on 20 latents has KL = 20 * m^2 / 2: zero at the prior, 10 nats at m = 1."""
+    model = zoo.build("vae", "dense-20", seed=1)
+    stats = model.encoder.stats
+    stats.kernel[...] = jnp.zeros_like(stats.kernel[...])  # (mean, logvar) = the bias, whatever x is
+    stats.bias[...] = jnp.concatenate([jnp.full(20, mean_value), jnp.zeros(20)])
+    _, kl = vae_train.elbo_terms(model, _binary_images(3), jax.random.key(0))
+    np.testing.assert_allclose(kl, np.full(3, expected), atol=1e-6)
+
+
+def test_recon_is_the_bernoulli_negative_log_likelihood():
+    model = zoo.build("vae", "dense-20", seed=1)
+    x = _binary_images(4)
+    recon, _ = vae_train.elbo_terms(model, x, jax.random.key(0))
+    logits, _, _ = model(x, jax.random.key(0))  # the same key: the same z, the same logits
+    p = 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
+    expected = -np.sum(np.asarray(x) * np.log(p) + (1 - np.asarray(x)) * np.log1p(-p), axis=(1, 2, 3))
+    np.testing.assert_allclose(recon, expected, rtol=1e-5)
 
 
 def test_sample_modes_on_tiny_model(monkeypatch, tiny_mnist):
@@ -66,8 +99,7 @@ def test_sample_modes_on_tiny_model(monkeypatch, tiny_mnist):
 def test_evaluate_is_deterministic(tiny_mnist):
     model = zoo.build("vae", "dense-20")
     a, b = vae_train.evaluate(model, tiny_mnist), vae_train.evaluate(model, tiny_mnist)
-    assert a == b
-    assert a["neg_elbo"] == pytest.approx(a["recon"] + a["kl"], rel=1e-6)
+    assert a == b and set(a) >= {"neg_elbo", "recon", "kl"}
 
 
 @pytest.mark.mnist

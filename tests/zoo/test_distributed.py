@@ -37,8 +37,31 @@ def test_launcher_detection(monkeypatch, env, several):
 
 
 def test_one_process_does_nothing(monkeypatch):
+    import jax
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
     monkeypatch.setenv("SLURM_JOB_ID", "7")
-    distributed.initialize(None, None, None)  # returns without touching jax.distributed
+    distributed.initialize(None, None, None)
+    assert calls == []  # an interactive allocation is one process: jax.distributed is left alone
+
+
+def test_several_processes_join_with_the_preemption_service_off(monkeypatch):
+    """JAX's preemption service takes SIGTERM at the C level; zoo.stopping must see it instead."""
+    import jax
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(distributed, "_native_stdout_to_stderr", lambda: None)
+    names = ("jax_enable_preemption_service", "jax_cpu_collectives_implementation")
+    previous = {name: getattr(jax.config, name) for name in names}
+    try:
+        distributed.initialize("127.0.0.1:1234", 2, 1)
+        assert calls == [{"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1}]
+        assert jax.config.jax_enable_preemption_service is False
+    finally:
+        for name, value in previous.items():
+            jax.config.update(name, value)
 
 
 @pytest.mark.parametrize(

@@ -69,3 +69,29 @@ def test_an_unknown_name_fails_before_anything_compiles(tmp_path):
     with pytest.raises(zoo.UsageError, match="did you mean 'vae-mnist'"):
         zoo.train("vae", workdir=tmp_path, init_from="vae-mnsit", train_data=zoo.data.synthetic("mnist", 8), **TINY)
     assert not tmp_path.joinpath("run.json").exists()
+
+
+def test_a_workdir_works_as_init_from_too(tmp_path):
+    """README: a workdir works wherever a name does. Its newest step's weights start the new run."""
+    data = zoo.data.synthetic("mnist", 64)
+    zoo.train("vae", workdir=tmp_path / "first", train_data=data, steps=2, batch_size=8, progress=False)
+    zoo.train("vae", workdir=tmp_path / "second", init_from=str(tmp_path / "first"), train_data=data, **TINY)
+    started, source = flat(zoo.load(tmp_path / "second").model), flat(zoo.load(tmp_path / "first").model)
+    for path in source:
+        np.testing.assert_allclose(started[path], source[path], rtol=0, atol=1e-6, err_msg=path)
+
+
+def test_init_from_restores_into_the_runs_shardings(tmp_path):
+    """Each restored variable lands in the sharding the fresh one had, not as a full copy per device."""
+    from zoo import pretrained, sharding
+
+    mesh = sharding.make_mesh({"fsdp": 8})
+    plugin = registry.get_plugin("vae")
+    model_def = training.ModelDef.create(lambda: zoo.build("vae", "dense-20"), mesh, [nnx.Param])
+    fresh = model_def.init(lambda: zoo.build("vae", "dense-20"))
+    started = pretrained.init_from("vae-mnist", plugin, fresh)
+    fresh_flat, started_flat = checkpoint.tree_paths(fresh), checkpoint.tree_paths(started)
+    split = [p for p, v in fresh_flat.items() if not v.sharding.is_fully_replicated]
+    assert split, "fsdp=8 splits some of the dense VAE's kernels"
+    for path, value in fresh_flat.items():
+        assert started_flat[path].sharding == value.sharding, path

@@ -137,7 +137,7 @@ def test_sigkill_midway_then_restart_is_exact(reference, tmp_path):
     assert killed_at is not None and killed_at < STEPS, "the kill did not land mid-run"
 
     result = run_cli(tmp_path)
-    assert result["step"] == STEPS
+    assert result["step"] == STEPS and result["resumed_from"] == killed_at  # --json says where it resumed
     assert result["params_digest"] == reference.params_digest
     assert result["loss"] == pytest.approx(reference.loss, rel=0, abs=0)
     assert store.latest() == STEPS
@@ -157,7 +157,9 @@ def test_ctrl_c_saves_exits_130_and_the_rerun_completes(reference, tmp_path):
     assert proc.returncode == Interrupted.exit_code == 130, err[-3000:]
     assert out == ""
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
+    assert len(lines) == 2, err  # the notice when the signal lands, then the outcome
+    assert lines[0].startswith("zoo: stopping after the current step and saving a checkpoint")
+    lines = lines[1:]
     assert "interrupted at step" in lines[0] and "checkpoint saved in" in lines[0] and "rerun to resume" in lines[0]
     saved = int(lines[0].split("interrupted at step ")[1].split(";")[0])
     assert EVERY <= saved < STEPS
@@ -167,6 +169,40 @@ def test_ctrl_c_saves_exits_130_and_the_rerun_completes(reference, tmp_path):
     result = run_cli(tmp_path, *fused)
     assert result["step"] == STEPS
     assert result["params_digest"] == reference.params_digest
+
+
+@pytest.mark.slow
+def test_sigterm_saves_exits_143_and_the_rerun_completes(reference, tmp_path):
+    """SIGTERM (how clusters preempt jobs) is a stop like Ctrl-C, with exit code 143."""
+    proc = start_slow(tmp_path)
+    wait_for_step(proc, tmp_path, EVERY)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and out == "", err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("zoo: interrupted at step")
+    saved = StepDirectory(tmp_path / "checkpoints").latest()
+    assert saved is not None and EVERY <= saved < STEPS
+    result = run_cli(tmp_path)
+    assert result["resumed_from"] == saved and result["params_digest"] == reference.params_digest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [0.0, 0.5, 2.0])
+def test_ctrl_c_during_start_up_is_never_swallowed(tmp_path, after):
+    """Wherever ``zoo train`` is in its start-up (joining, loading data, building, compiling) when Ctrl-C
+    lands, counted from the moment the CLI starts: exit 130, no result, no traceback."""
+    driver = DRIVER.replace("main(sys.argv[1:])", "sys.stderr.write('STARTED\\n'); sys.stderr.flush()\nmain(sys.argv[1:])")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", driver, *train_args(tmp_path)[3:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=subprocess_env(ZOO_TEST_BATCH_DELAY=0.3),
+    )
+    assert proc.stderr.readline() == "STARTED\n"
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert out == "" and "Traceback" not in err
+    assert not (tmp_path / "run.json").exists() or StepDirectory(tmp_path / "checkpoints").latest() is not None
 
 
 def test_a_workdir_of_another_run_is_refused(reference, tmp_path):

@@ -33,6 +33,7 @@ from zoo.config import make_config
 from zoo.data.loader import ArrayLoader
 from zoo.errors import UsageError, ZooError
 from zoo.training import CustomStep, Group, Groups, Loss, NonFiniteLoss, TrainConfig
+from zoo.training.config import random_stream
 
 # =========================================================================== a toy plugin
 
@@ -122,8 +123,8 @@ def metrics_lines(workdir: Path) -> list[dict]:
 
 
 def init_params(seed: int = 0) -> dict[str, dict]:
-    """The toy's initial parameters as the loop creates them (same build, same seed)."""
-    model = build_toy(ToyConfig(), nnx.Rngs(seed))
+    """The toy's initial parameters as the loop creates them (same build, the seed's ``init`` stream)."""
+    model = build_toy(ToyConfig(), nnx.Rngs(random_stream(seed, "init")))
     return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
@@ -404,7 +405,7 @@ class _NoSpace:
 
 
 def test_a_failed_orbax_save_is_a_checkpoint_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "_checkpointer", lambda: _NoSpace())
+    monkeypatch.setattr(checkpoint, "_checkpointer", lambda *args, **kwargs: _NoSpace())
     with pytest.raises(CheckpointError) as error:
         toy_run(tmp_path, steps=4, checkpoint_every=2).fit(Loss(mse))
     assert isinstance(error.value, ZooError)
@@ -444,7 +445,9 @@ def ema_run(tmp_path_factory):
 
 def test_ema_is_checkpointed_and_follows_its_recurrence(ema_run):
     workdir, _ = ema_run
-    untrained = zoo.build("vae", "dense-20", seed=0)
+    plugin = registry.get_plugin("vae")
+    with nnx.use_eager_sharding(False):  # the loop's initial weights: the seed's init stream
+        untrained = plugin.resolve("build")(make_config(plugin, "dense-20", {}), nnx.Rngs(random_stream(0, "init")))
     ema = flat(jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(untrained, nnx.Param))))
     for step in (1, 2, 3):
         assert (workdir / "checkpoints" / str(step) / "ema").is_dir()

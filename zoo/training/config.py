@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
+import jax
 import optax
 
 from zoo.attacks import Attack
@@ -28,6 +30,8 @@ class TrainConfig:
     b1: float = 0.9  # Adam's beta1, or SGD's momentum
     b2: float = 0.999
     schedule: Literal["constant", "cosine"] = "constant"
+    schedule_steps: int | None = None  # the cosine schedule's horizon (None: steps); recorded with the run, so
+    # extending --steps past it continues at the final learning rate instead of silently re-shaping the schedule
     warmup_steps: int = 0  # linear warmup from 0, then the schedule
     final_lr_fraction: float = 0.0  # cosine ends at learning_rate * this
     grad_clip: float | None = None  # clip the global gradient norm to this
@@ -52,8 +56,18 @@ class TrainConfig:
         for name in positive:  # keep >= 1: the checkpoint just saved is always kept
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise UsageError(f"learning_rate must be positive; got {self.learning_rate}")
+        if not 0 <= self.seed < 2**32:  # numpy and JAX both take it; -1 or 2**70 would fail deep inside
+            raise UsageError(f"seed must be in [0, 2**32); got {self.seed}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise UsageError(f"learning_rate must be positive and finite; got {self.learning_rate}")
+        for name in ("weight_decay", "warmup_steps", "final_lr_fraction"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UsageError(f"{name} must be finite and at least 0; got {value}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise UsageError(f"grad_clip must be positive and finite (a negative one would ascend); got {self.grad_clip}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise UsageError(f"schedule_steps must be at least 1; got {self.schedule_steps}")
         if self.batch_size % self.grad_accum:
             raise UsageError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
         k = self.steps_per_call
@@ -73,13 +87,28 @@ class TrainConfig:
         given = {"eps": self.adversarial_eps, "steps": self.adversarial_steps, "step_size": self.adversarial_step_size}
         return Attack(self.adversarial, **({"eps": 0.1, "steps": 7} | {k: v for k, v in given.items() if v is not None}))
 
+    @property
+    def horizon(self) -> int:
+        """The step at which the cosine schedule reaches its final learning rate."""
+        return self.schedule_steps if self.schedule_steps is not None else self.steps
+
+
+STREAMS = {"init": 0, "step": 1}
+"""Named random streams split from the seed: parameter initialisation and the training steps never
+share a key. (The data order is numpy's ``default_rng((seed, epoch))``, another generator altogether.)"""
+
+
+def random_stream(seed: int, name: str) -> jax.Array:
+    """The key of stream ``name`` for ``seed`` (traceable: call it inside jit to place it)."""
+    return jax.random.fold_in(jax.random.key(seed), STREAMS[name])
+
 
 def make_optimizer(cfg: TrainConfig, learning_rate: float | None = None) -> optax.GradientTransformation:
     """The optax transformation ``cfg`` describes: clip -> optimizer with the schedule."""
     peak = learning_rate if learning_rate is not None else cfg.learning_rate
     if cfg.schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(
-            0.0, peak, cfg.warmup_steps, max(cfg.steps, cfg.warmup_steps + 1), peak * cfg.final_lr_fraction
+            0.0, peak, cfg.warmup_steps, max(cfg.horizon, cfg.warmup_steps + 1), peak * cfg.final_lr_fraction
         )
     elif cfg.warmup_steps:
         lr = optax.join_schedules([optax.linear_schedule(0.0, peak, cfg.warmup_steps), optax.constant_schedule(peak)], [cfg.warmup_steps])

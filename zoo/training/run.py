@@ -17,13 +17,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from zoo import pretrained, sharding
+from zoo import checkpoint, pretrained, sharding
 from zoo.config import config_to_dict
 from zoo.data.loader import ArrayLoader
 from zoo.download import atomic_write_bytes
 from zoo.errors import UsageError, ZooError
 from zoo.plugin import Plugin
-from zoo.training.config import TrainConfig
+from zoo.training.config import TrainConfig, random_stream
 from zoo.training.loop import TrainResult, fit
 from zoo.training.objectives import Objective
 
@@ -72,7 +72,8 @@ class Run:
         return data.load(self.dataset, split)
 
     def build(self) -> nnx.Module:
-        return self.plugin.resolve("build")(self.config, nnx.Rngs(self.train.seed))
+        """The model, initialised from the run's ``init`` random stream."""
+        return self.plugin.resolve("build")(self.config, nnx.Rngs(random_stream(self.train.seed, "init")))
 
     def description(self) -> dict[str, Any]:
         """What identifies this run in ``run.json``; a resume must match it."""
@@ -81,7 +82,7 @@ class Run:
             "variant": self.variant,
             "config": config_to_dict(self.config),
             "dataset": self.dataset,
-            "train": config_to_dict(self.train),
+            "train": config_to_dict(self.train) | {"schedule_steps": self.train.horizon if self.train.schedule == "cosine" else None},
         }
 
     def fit(self, objective: Objective, *, loader: ArrayLoader | None = None) -> TrainResult:
@@ -106,36 +107,93 @@ class Run:
         return mesh
 
     def check_resumable(self) -> None:
-        """Refuse to resume a workdir that belongs to a different run."""
-        path = self.workdir / RUN_FILE
-        if not path.exists():
+        """Refuse to resume a workdir whose newest checkpoint belongs to a different run.
+
+        The checkpoint's own record (its metadata) is the authority, whatever ``run.json``
+        says; ``run.json``'s run id, when present, must match it (a step copied in from
+        another run is refused). A workdir without a checkpoint has nothing to resume, and
+        a ``run.json`` left there by a failed start is replaced at the first save.
+        """
+        store = checkpoint.StepDirectory(self.workdir / "checkpoints")
+        latest = store.latest()
+        if latest is None:
             return
-        try:
-            saved = json.loads(path.read_text())
-        except ValueError:
-            raise ZooError(f"{path} is not valid JSON; move the workdir aside or remove it") from None
-        differences = describe_differences(saved, self.description())
+        record = checkpoint_record(store.path(latest), latest)
+        recorded_id, run_file_id = record.get("run_id"), read_run_file(self.workdir).get("run_id")
+        if run_file_id is not None and recorded_id != run_file_id:
+            raise ZooError(
+                f"{store.path(latest)} belongs to another run (run id {recorded_id}, {RUN_FILE} says {run_file_id}); "
+                "move it out of checkpoints/ or use another --workdir"
+            )
+        self._adopt_horizon(record)
+        differences = describe_differences(record, self.description())
         if differences:
             raise UsageError(
                 f"{self.workdir} holds a different run ({'; '.join(differences)}); use another --workdir to start afresh"
             )
 
-    def write_run_file(self) -> None:
+    def _adopt_horizon(self, record: dict) -> None:
+        """A resumed cosine run keeps the schedule it started with; extending past its end must be asked for."""
+        if self.train.schedule != "cosine" or record["train"].get("schedule") != "cosine":
+            return
+        horizon = record["train"].get("schedule_steps") or record["train"].get("steps")
+        record["train"].setdefault("schedule_steps", horizon)  # a checkpoint from before schedule_steps was recorded
+        if self.train.schedule_steps is None and self.train.steps > horizon:
+            raise UsageError(
+                f"{self.workdir}: this run's cosine schedule ends at step {horizon}; --steps {self.train.steps} would "
+                f"re-shape its learning rates rather than resume it. To train on at the final learning rate, add "
+                f"--set train.schedule_steps={horizon}; for a longer schedule, use a new --workdir"
+            )
+        if self.train.schedule_steps is None:
+            self.train = dataclasses.replace(self.train, schedule_steps=horizon)
+
+    def write_run_file(self, run_id: str, step: int, resumed_from: int | None) -> None:
+        """``run.json``: what the run is now (its latest command's description), its id, and where it stands."""
         if jax.process_index() == 0:
-            atomic_write_bytes(self.workdir / RUN_FILE, (json.dumps(self.description(), indent=2) + "\n").encode())
+            record = self.description() | {"run_id": run_id, "step": step, "resumed_from": resumed_from}
+            atomic_write_bytes(self.workdir / RUN_FILE, (json.dumps(record, indent=2) + "\n").encode())
+
+
+def read_run_file(workdir: Path) -> dict[str, Any]:
+    """``run.json`` as a dict ({} if absent); one-line ZooError if it is not a run's description."""
+    path = Path(workdir) / RUN_FILE
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ZooError(f"{path} is not readable JSON ({e}); move the workdir aside or remove the file") from None
+    if not isinstance(record, dict) or not all(isinstance(record.get(k, {}), dict) for k in ("train", "config")):
+        raise ZooError(f"{path} is not a run description (a JSON object with train and config objects); remove it")
+    return record
+
+
+def checkpoint_record(folder: Path, step: int) -> dict[str, Any]:
+    """A verified step's metadata, checked to be a whole record of the run that wrote it."""
+    record = checkpoint.read_meta(folder, require=("plugin", "variant", "config", "dataset", "train", "step", "data"))
+    data = record["data"]
+    problems = []
+    if not isinstance(record["train"], dict) or not isinstance(record["config"], dict):
+        problems.append("train and config are not objects")
+    if not (isinstance(data, dict) and all(isinstance(data.get(k), int) and data[k] >= 0 for k in ("epoch", "index"))):
+        problems.append(f"data position {data!r} is not {{epoch, index}}")
+    if record["step"] != step:
+        problems.append(f"it records step {record['step']!r}, not {step}")
+    if problems:
+        raise ZooError(f"{folder}: the checkpoint's record of its run is damaged ({'; '.join(problems)}); remove this step")
+    return record
 
 
 def describe_differences(saved: dict, now: dict) -> list[str]:
-    """``"train.seed: workdir 0, now 1"`` for each field that differs, ignoring ``RESUMABLE_CHANGES``."""
-    for description in (saved, now):
-        for field in RESUMABLE_CHANGES:
-            description.get("train", {}).pop(field, None)
+    """``"train.seed: workdir 0, now 1"`` for each field of ``now`` that differs, ignoring ``RESUMABLE_CHANGES``."""
     differences = []
     for key in now:
-        if key == "train" or key == "config":
-            for field in sorted(set(now[key]) | set(saved.get(key, {}))):
-                if now[key].get(field) != saved.get(key, {}).get(field):
-                    differences.append(f"{key}.{field}: workdir {saved.get(key, {}).get(field)!r}, now {now[key].get(field)!r}")
+        if key in ("train", "config"):
+            skip = RESUMABLE_CHANGES if key == "train" else frozenset()
+            old, new = saved.get(key, {}), now[key]
+            for field in sorted((set(new) | set(old)) - skip):
+                if new.get(field) != old.get(field):
+                    differences.append(f"{key}.{field}: workdir {old.get(field)!r}, now {new.get(field)!r}")
         elif now[key] != saved.get(key):
             differences.append(f"{key}: workdir {saved.get(key)!r}, now {now[key]!r}")
     return differences

@@ -18,6 +18,7 @@ from flax import nnx
 
 from zoo.attacks import perturb
 from zoo.errors import UsageError, ZooError
+from zoo.reporting import MetricSums
 from zoo.training.objectives import CustomStep, Group, Groups, Loss, LossFn, Objective, objective_groups
 from zoo.training.state import StepContext, TrainState, replace_at
 
@@ -204,3 +205,26 @@ def fuse_steps(step: StepFn, steps_per_call: int) -> StepFn:
     if steps_per_call == 1:
         return step
     return lambda state, batches, key: jax.lax.scan(lambda s, b: step(s, b, key), state, batches)
+
+
+def loop_call(step: StepFn, steps_per_call: int, gather: Callable[[Any, Any], Any]) -> Callable[..., tuple[TrainState, MetricSums]]:
+    """What the loop jits: ``(state, sums, rows, inputs, key) -> (state, sums)``.
+
+    ``gather(rows, inputs)`` makes the call's batch (``steps_per_call`` of them stacked
+    when above 1) inside the call: batches fed from the host come as ``inputs``;
+    data kept on the devices comes as ``rows``, indexed by ``inputs``. Each step's
+    metrics are added to ``sums`` (``zoo.reporting.MetricSums``), so nothing a step
+    reports leaves the device until the loop fetches the sums at a log point.
+    """
+
+    def call(state: TrainState, sums: MetricSums, rows: Any, inputs: Any, key: jax.Array):
+        def one(carry: tuple[TrainState, MetricSums], batch: Any):
+            state, metrics = step(carry[0], batch, key)
+            return (state, carry[1].add(metrics)), None
+
+        batches = gather(rows, inputs)
+        if steps_per_call == 1:
+            return one((state, sums), batches)[0]
+        return jax.lax.scan(one, (state, sums), batches)[0]
+
+    return call
