@@ -5,7 +5,7 @@ Three things can be loaded:
 - a catalogue name (``"vae-mnist"``): its checkpoint is verified against the
   sha256 the catalogue pins (fetched first if remote);
 - a training workdir: the newest verified step, EMA weights if the run kept them;
-- an exported checkpoint folder (what ``export`` writes, with its ``meta``).
+- an exported checkpoint folder (what ``zoo.publish.export`` writes, with its ``meta``).
 
 Verification comes before any byte is restored, and the stored tree is compared
 with the model before Orbax sees it, so a corrupt or mismatched checkpoint is one
@@ -255,28 +255,4 @@ def init_from(name_or_path: str | Path, plugin: Plugin, variables: Mapping) -> d
         for (key, value), name in zip(fresh_by_key.items(), fresh)
     }
     return traverse_util.unflatten_dict(started)
-
-
-def export(workdir: str | Path, destination: str | Path, *, metrics: Mapping[str, float] | None = None) -> str:
-    """Write the newest step of ``workdir`` as a shippable checkpoint (weights + meta only).
-
-    EMA weights are exported when the run kept them. Returns the sha256 of the new
-    MANIFEST.json, the value a catalogue pins.
-    """
-    source = _resolve(Path(workdir), None)
-    destination = Path(destination)
-    if destination.exists():
-        raise UsageError(f"{destination} exists; refusing to overwrite")
-    model = _restore_model(source)
-    from flax import nnx
-
-    meta = checkpoint.read_meta(source.folder)
-    meta = {k: meta[k] for k in ("plugin", "variant", "config", "dataset", "train", "step") if k in meta}
-    if metrics:
-        meta["eval"] = dict(metrics)
-    meta["weights"] = source.item
-    digest = checkpoint.save(destination, {"model": nnx.to_pure_dict(nnx.state(model))}, meta)
-    if digest is None:  # only process 0 seals a checkpoint
-        raise UsageError("zoo export runs in a single process")
-    return digest
 

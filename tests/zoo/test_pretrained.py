@@ -33,7 +33,7 @@ from fixtures_checkpoints import (  # noqa: F401 - fixtures are used by name
 
 import zoo
 import zoo.download
-from zoo import checkpoint, env, pretrained, remote
+from zoo import checkpoint, env, publish, remote
 from zoo.checkpoint import MANIFEST, CheckpointError
 from zoo.errors import IntegrityError, UsageError, ZooError
 
@@ -353,7 +353,7 @@ def test_export_refuses_to_overwrite(tmp_path, tiny_zoo, existing):
     before = sorted((p.relative_to(tmp_path).as_posix(), p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*"))
 
     with pytest.raises(UsageError, match="refusing to overwrite"):
-        pretrained.export(tiny_zoo.run, destination)
+        publish.export(tiny_zoo.run, destination, measure=False)
     assert sorted((p.relative_to(tmp_path).as_posix(), p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")) == before
 
 
