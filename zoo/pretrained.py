@@ -255,4 +255,3 @@ def init_from(name_or_path: str | Path, plugin: Plugin, variables: Mapping) -> d
         for (key, value), name in zip(fresh_by_key.items(), fresh)
     }
     return traverse_util.unflatten_dict(started)
-
