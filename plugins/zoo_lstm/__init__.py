@@ -11,7 +11,7 @@ plugin = Plugin(
     summary="Stacked LSTM character language model (Hochreiter & Schmidhuber, 1997), scanned over time",
     config="zoo_lstm.model:LSTMConfig",
     variants={
-        # 2 layers of 512 units over 64-d byte embeddings, 128 steps of BPTT: 3.3M parameters.
+        # 2 layers of 512 units over 64-d byte embeddings, 128 steps of BPTT: 3.4M parameters.
         "char-2x512": {"layers": 2, "hidden": 512, "embed": 64, "context": 128},
         # 1 layer of 256 units: 0.4M parameters, a quick CPU baseline.
         "char-1x256": {"layers": 1, "hidden": 256, "embed": 64, "context": 128},

@@ -1,0 +1,228 @@
+"""A decoder-only Transformer (GPT-2 layout), from a CPU-sized char model to GPT-2 small.
+
+Tokens ``int (B, T)`` -> logits ``(B, T, vocab_size)`` (``zoo.text``'s convention):
+token embedding (+ learned positions) -> ``layers`` pre-norm blocks
+[x + attn(LN(x)), x + mlp(LN(x))] -> LN -> logits through the token embedding
+(weight tying). Attention is causal, through ``jax.nn.dot_product_attention`` so
+GPUs get a fused kernel; positions are learned (GPT-2) or rotary (RoPE: the
+query/key pairs are rotated by position, so scores depend on relative positions).
+
+Initialisation is GPT-2's: every weight N(0, 0.02), and the two projections that
+write into the residual stream (attention output, MLP output) N(0, 0.02 / sqrt(2 *
+layers)) so the residual's variance stays put with depth; LayerNorms 1 and 0. No
+biases in the dense layers (nanoGPT measured them as slightly worse and slower).
+
+Logical axes (``zoo.sharding``): ``embed`` is the model width (FSDP splits it),
+``heads`` and ``mlp`` are what tensor parallelism splits (Megatron: column-split
+q/k/v and MLP-in, row-split attention-out and MLP-out), ``vocab`` the embedding
+rows. The embedding has ``padded_vocab`` rows, a multiple of ``vocab_multiple``,
+so GPT-2's 50257 tokens (50304 rows) split evenly; logits past ``vocab_size`` are
+dropped.
+
+Shape names in comments: B batch, T query positions, S key positions, D width,
+H heads, K head width, F MLP width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from zoo.text import VOCAB_SIZE
+
+INIT_STD = 0.02  # GPT-2's
+Cache = tuple[jax.Array, jax.Array]
+"""One layer's keys and values, each ``(B, S, H, K)``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GPTConfig:
+    vocab_size: int = VOCAB_SIZE  # bytes (zoo.text); gpt2-124m: GPT-2's 50257 BPE tokens
+    context: int = 128  # longest sequence the model attends over (training crop, cache size)
+    layers: int = 4
+    width: int = 256
+    heads: int = 4
+    mlp_ratio: int = 4  # F = mlp_ratio * D, GPT-2's 4
+    positions: Literal["learned", "rotary"] = "learned"
+    dropout: float = 0.0  # on attention output, MLP output and embeddings, in training only
+    vocab_multiple: int = 128  # embedding rows padded to this multiple (tensor shards, aligned matmuls)
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        if min(self.vocab_size, self.context, self.layers, self.width, self.heads, self.mlp_ratio, self.vocab_multiple) < 1:
+            raise ValueError("vocab_size, context, layers, width, heads, mlp_ratio and vocab_multiple must be positive")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
+        if self.positions == "rotary" and (self.width // self.heads) % 2:
+            raise ValueError(f"rotary positions need an even head width; got {self.width // self.heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+
+    @property
+    def head_width(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def padded_vocab(self) -> int:
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float = INIT_STD) -> nnx.Param:
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape), out_sharding=axes)
+
+
+def _layer_norm(width: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        width, epsilon=1e-5, rngs=rngs,
+        scale_init=nnx.with_partitioning(nnx.initializers.ones, ("embed",)),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("embed",)),
+    )  # fmt: skip
+
+
+def rotate(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+    """Rotary position embedding of ``x (B, T, H, K)`` at ``positions int (T,)`` (half-split pairs)."""
+    half = x.shape[-1] // 2
+    frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # (K/2,)
+    angles = positions.astype(jnp.float32)[:, None] * frequencies  # (T, K/2)
+    cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Multi-head causal self-attention; with a cache, the keys and values of earlier positions too."""
+
+    def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+        d, h, k = cfg.width, cfg.heads, cfg.head_width
+        self.cfg = cfg
+        self.query = _param(rngs, (d, h, k), ("embed", "heads", "kv"))
+        self.key = _param(rngs, (d, h, k), ("embed", "heads", "kv"))
+        self.value = _param(rngs, (d, h, k), ("embed", "heads", "kv"))
+        self.out = _param(rngs, (h, k, d), ("heads", "kv", "embed"), INIT_STD / math.sqrt(2 * cfg.layers))
+
+    def project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``x (B, T, D)`` -> queries, keys, values ``(B, T, H, K)`` (keys and queries rotated if rotary)."""
+        q = jnp.einsum("btd,dhk->bthk", x, self.query[...])
+        k = jnp.einsum("btd,dhk->bthk", x, self.key[...])
+        v = jnp.einsum("btd,dhk->bthk", x, self.value[...])
+        if self.cfg.positions == "rotary":
+            q, k = rotate(q, positions, self.cfg.rope_base), rotate(k, positions, self.cfg.rope_base)
+        return q, k, v
+
+    def combine(self, attended: jax.Array) -> jax.Array:
+        """``(B, T, H, K)`` -> ``(B, T, D)``."""
+        return jnp.einsum("bthk,hkd->btd", attended, self.out[...])
+
+    def __call__(self, x: jax.Array, positions: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
+        """Causal attention of ``x (B, T, D)`` at ``positions (T,)`` -> ``((B, T, D), cache)``.
+
+        Without a cache, within ``x``. With one (keys, values ``(B, S, H, K)`` of the
+        positions before ``positions[0]``), ``x``'s keys and values are written at
+        ``positions`` and each query attends to every cached position up to its own.
+        """
+        q, k, v = self.project(x, positions)
+        if cache is None:
+            return self.combine(jax.nn.dot_product_attention(q, k, v, is_causal=True)), None
+        keys, values = (
+            jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), positions[0], axis=1)
+            for old, new in zip(cache, (k, v))
+        )
+        visible = jnp.arange(keys.shape[1])[None, :] <= positions[:, None]  # (T, S)
+        attended = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask=visible[None, None])
+        return self.combine(attended), (keys, values)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+        f = cfg.mlp_ratio * cfg.width
+        self.up = _param(rngs, (cfg.width, f), ("embed", "mlp"))
+        self.down = _param(rngs, (f, cfg.width), ("mlp", "embed"), INIT_STD / math.sqrt(2 * cfg.layers))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.gelu(x @ self.up[...], approximate=True) @ self.down[...]  # GPT-2's tanh GELU
+
+
+class Block(nnx.Module):
+    """Pre-norm block: ``x + attn(LN(x))``, then ``x + mlp(LN(x))``."""
+
+    def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+        self.attention_norm = _layer_norm(cfg.width, rngs)
+        self.attention = Attention(cfg, rngs)
+        self.mlp_norm = _layer_norm(cfg.width, rngs)
+        self.mlp = MLP(cfg, rngs)
+        self.dropout = nnx.Dropout(cfg.dropout)
+
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, drop: nnx.Rngs | None = None, cache: Cache | None = None
+    ) -> tuple[jax.Array, Cache | None]:
+        attended, cache = self.attention(self.attention_norm(x), positions, cache)
+        x = x + self._drop(attended, drop)
+        return x + self._drop(self.mlp(self.mlp_norm(x)), drop), cache
+
+    def _drop(self, x: jax.Array, drop: nnx.Rngs | None) -> jax.Array:
+        return x if drop is None else self.dropout(x, deterministic=False, rngs=drop)
+
+
+class GPT(nnx.Module):
+    """Tokens ``int (B, T)``, ``T <= context`` -> logits ``(B, T, vocab_size)``."""
+
+    def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.tokens = _param(rngs, (cfg.padded_vocab, cfg.width), ("vocab", "embed"))
+        self.positions = _param(rngs, (cfg.context, cfg.width), (None, "embed")) if cfg.positions == "learned" else None
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
+        self.final_norm = _layer_norm(cfg.width, rngs)
+        self.dropout = nnx.Dropout(cfg.dropout)
+
+    def embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+        """``(B, T)`` tokens at ``positions (T,)`` -> ``(B, T, D)``."""
+        x = self.tokens[...][tokens]
+        if self.positions is not None:
+            x = x + self.positions[...][positions]
+        return x
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        """Final norm, then the tied output layer: ``(B, T, D)`` -> ``(B, T, vocab_size)``."""
+        logits = self.final_norm(x) @ self.tokens[...].T
+        return logits[..., : self.cfg.vocab_size]
+
+    def __call__(self, tokens: jax.Array, *, train: bool = False, key: jax.Array | None = None) -> jax.Array:
+        if tokens.shape[1] > self.cfg.context:
+            raise ValueError(f"{tokens.shape[1]} tokens exceed the model's context of {self.cfg.context}")
+        drop = nnx.Rngs(dropout=key) if train and self.cfg.dropout > 0 and key is not None else None
+        positions = jnp.arange(tokens.shape[1])
+        x = self.embed(tokens, positions)
+        if drop is not None:
+            x = self.dropout(x, deterministic=False, rngs=drop)
+        for block in self.blocks:
+            x, _ = block(x, positions, drop)
+        return self.logits(x)
+
+    def empty_cache(self, batch: int, dtype: jnp.dtype = jnp.float32) -> list[Cache]:
+        """Zero keys and values ``(B, context, H, K)`` for every layer."""
+        shape = (batch, self.cfg.context, self.cfg.heads, self.cfg.head_width)
+        return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.blocks]
+
+    def extend(self, tokens: jax.Array, cache: list[Cache], start: jax.Array) -> tuple[jax.Array, list[Cache]]:
+        """Run ``tokens (B, T)`` at positions ``start .. start + T - 1`` against ``cache``.
+
+        Returns the logits ``(B, T, vocab_size)`` and the cache with these positions'
+        keys and values written in: what ``__call__`` gives for the same positions of
+        the whole sequence, computing only the new ones (KV-cache decoding).
+        """
+        positions = start + jnp.arange(tokens.shape[1])
+        x = self.embed(tokens, positions)
+        new_cache = []
+        for block, layer_cache in zip(self.blocks, cache):
+            x, layer_cache = block(x, positions, None, layer_cache)
+            new_cache.append(layer_cache)
+        return self.logits(x), new_cache
+
+
+def build(config: GPTConfig, rngs: nnx.Rngs) -> GPT:
+    return GPT(config, rngs)
