@@ -6,7 +6,8 @@ A classifier plugin's model follows one convention::
     features = model.features(images)               # (B, F): what the logits layer reads, inference mode
 
 where ``model(x)`` is the final (logits) layer applied to ``model.features(x)``, so
-the two cannot drift apart (FID-style feature statistics use ``features``). ``train=True`` switches on what only training does (dropout, drawn from ``key``;
+the two cannot drift apart (FID-style feature statistics use ``features``).
+``train=True`` switches on what only training does (dropout, drawn from ``key``;
 batch statistics in BatchNorm); the default is the deterministic inference mode.
 Batches are ``{"image": uint8 (B, H, W, C), "label": int (B,)}`` as ``zoo.data``
 gives them. With that, a plugin's ``train``, ``evaluate`` and ``predict`` are
@@ -47,8 +48,8 @@ ATTACK_SEED = 0  # the random starts of an evaluation's attack are fixed: verify
 CARD_ATTACK = Attack("pgd", eps=0.1, steps=40)
 CARD_ROBUST_EXAMPLES = 1000
 """The robustness every classifier card reports: PGD-40 at eps 0.1 (step 0.00625,
-random start) on the first 1000 test images. The subset keeps ``zoo verify`` to
-seconds: 40 gradient passes over 10k images would cost ~7 training epochs."""
+random start) on the first 1000 test images. The subset is a tenth of the cost:
+40 gradient passes over all 10k test images are as many as ~7 training epochs."""
 
 
 def to_unit(images: jax.Array) -> jax.Array:
