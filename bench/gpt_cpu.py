@@ -1,0 +1,199 @@
+"""The char GPT on this CPU: the zoo's step against a bare JAX step (and PyTorch), and nats/char against wall time.
+
+Mode ``speed`` (default): steps per second of the same model (``gpt/char-4x256``: 4
+layers, 256 wide, 4 heads, context 128, 3.2M parameters), batch, optimizer
+(AdamW 2e-3, weight decay 0.1) and data (random 129-byte crops of the
+Shakespeare training windows), three ways, in interleaved rounds:
+
+  zoo       ``zoo.train`` -> the shared loop (timed by its own log records);
+  bare      ``nnx.split`` once + ``jax.jit`` of a plain optax step with donation;
+  torch     the same model written in PyTorch, eager (only if ``import torch`` works).
+
+Mode ``budget``: one zoo run of ``--steps`` steps (AdamW 2e-3, warm-up, cosine decay
+to a tenth, clipping at 1) that evaluates every ``--chunk`` steps on the first
+``--eval-windows`` validation windows, then prints validation nats per character
+against the minutes the loop's own log records (every second counted: compilation,
+the periodic evaluations and checkpoints too), and at the end on the whole
+validation split. Set ``--steps`` to what the speed mode says fits the budget
+(30 minutes at S steps/s: 1800 * S); issue 9's PyTorch reference reaches 1.58 /
+1.40 / 1.32 nats/char after 10 / 20 / 30 minutes. Run it on a quiet machine.
+
+    python bench/gpt_cpu.py [speed] [--batch 32] [--steps 60] [--rounds 3]
+    python bench/gpt_cpu.py budget [--steps 2000] [--chunk 200] [--eval-windows 64] [--set train.precision=bf16 ...]
+
+Uses the cached Shakespeare corpus (``zoo data fetch shakespeare``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from measure import interleaved, loop_intervals, summarise, timed_intervals
+
+import zoo
+import zoo.data
+from zoo import text
+
+VARIANT, LR, WEIGHT_DECAY, EVERY = "char-4x256", 2e-3, 0.1, 10
+
+
+def zoo_run(data, batch: int, steps: int) -> list[float]:
+    with tempfile.TemporaryDirectory() as workdir:
+        zoo.train(
+            "gpt", variant=VARIANT, workdir=workdir, train_data=data, progress=False, steps=steps, batch_size=batch,
+            learning_rate=LR, weight_decay=WEIGHT_DECAY, log_every=EVERY,
+        )  # fmt: skip
+        return loop_intervals(workdir)
+
+
+def bare_run(data, batch: int, steps: int) -> list[float]:
+    """A plain jitted AdamW step over the model's parameters, the same loss, fed the loop's kind of batches."""
+    model = zoo.build("gpt", variant=VARIANT, seed=0)
+    graphdef, params = nnx.split(model)
+    tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
+    loss_fn = functools.partial(text.next_char_loss, context=model.cfg.context)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, batch, key):
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p), batch, key)[0])(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    state = {"params": params, "opt": tx.init(params), "loss": None}
+    rng = np.random.default_rng(0)
+
+    def call(i: int):
+        rows = rng.integers(0, len(data["text"]), batch)
+        batch_arrays = {"text": data["text"][rows], "length": data["length"][rows]}
+        state["params"], state["opt"], state["loss"] = step(state["params"], state["opt"], batch_arrays, jax.random.key(i))
+
+    return timed_intervals((functools.partial(call, i) for i in range(steps)), EVERY, lambda: state["loss"].block_until_ready())
+
+
+def torch_run(data, batch: int, steps: int) -> list[float]:
+    """The same GPT in PyTorch (pre-norm, tied embedding, no biases), eager, AdamW."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.manual_seed(0)
+    D, H, L, T, V = 256, 4, 4, 128, text.VOCAB_SIZE
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+            self.qkv, self.out = nn.Linear(D, 3 * D, bias=False), nn.Linear(D, D, bias=False)
+            self.up, self.down = nn.Linear(D, 4 * D, bias=False), nn.Linear(4 * D, D, bias=False)
+
+        def forward(self, x):
+            q, k, v = self.qkv(self.ln1(x)).view(x.shape[0], T, 3, H, D // H).permute(2, 0, 3, 1, 4)
+            x = x + self.out(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(x.shape))
+            return x + self.down(F.gelu(self.up(self.ln2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens, self.positions = nn.Embedding(V, D), nn.Embedding(T, D)
+            self.blocks, self.ln = nn.ModuleList(Block() for _ in range(L)), nn.LayerNorm(D)
+
+        def forward(self, idx):
+            x = self.tokens(idx) + self.positions(torch.arange(T))
+            for block in self.blocks:
+                x = block(x)
+            return self.ln(x) @ self.tokens.weight.T
+
+    model = GPT()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    rng = np.random.default_rng(0)
+
+    def call():
+        rows = rng.integers(0, len(data["text"]), batch)
+        starts = rng.integers(0, np.maximum(data["length"][rows] - T - 1, 0) + 1)
+        crops = torch.from_numpy(np.stack([data["text"][r, s : s + T + 1] for r, s in zip(rows, starts)]).astype(np.int64))
+        loss = F.cross_entropy(model(crops[:, :-1]).reshape(-1, V), crops[:, 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return timed_intervals((call for _ in range(steps)), EVERY, lambda: None)
+
+
+def speed(args) -> int:
+    data = zoo.data.load("shakespeare", "train")
+    runs = {
+        "zoo": lambda: zoo_run(data, args.batch, args.steps),
+        "bare": lambda: bare_run(data, args.batch, args.steps),
+    }
+    try:
+        import torch  # noqa: F401
+
+        runs["torch eager"] = lambda: torch_run(data, args.batch, args.steps)
+    except ImportError:
+        print("PyTorch is not importable: comparing zoo and bare only")
+    medians = summarise(interleaved(runs, args.rounds), scale=1.0, unit="s/step")
+    for name, seconds in medians.items():
+        print(f"{name:<12} {1 / seconds:.3f} steps/s  ({1 / seconds / (1 / medians['bare']):.2f}x bare)")
+    return 0
+
+
+def budget(args) -> int:
+    """One zoo run of ``--steps`` steps, evaluated every ``--chunk``; minutes from the loop's own clock."""
+    validation = zoo.data.load("shakespeare", "test")
+    subset = {k: v[: args.eval_windows] for k, v in validation.items()} if args.eval_windows else validation
+    settings = {
+        "train.learning_rate": LR, "train.weight_decay": WEIGHT_DECAY, "train.schedule": "cosine",
+        "train.warmup_steps": args.warmup, "train.final_lr_fraction": 0.1, "train.grad_clip": 1.0,
+        "train.eval_every": args.chunk, "train.log_every": args.chunk,
+    }  # fmt: skip
+    settings |= dict(item.split("=", 1) for item in args.set)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="zoo-gpt-budget-")
+    print(f"workdir {workdir}; {args.steps} steps, batch {args.batch}; settings {settings}", flush=True)
+    zoo.train(
+        "gpt", variant=VARIANT, workdir=workdir, progress=False, steps=args.steps, batch_size=args.batch,
+        settings=settings, eval_data=subset,
+    )  # fmt: skip
+    # Each log record times its interval (training, the evaluation before it, checkpoints): all counted.
+    print(f"{'minutes':>8} {'step':>6} {'train nats':>11} {'val nats/char':>14}")
+    minutes, previous, train_loss = 0.0, 0, float("nan")
+    for record in map(json.loads, (Path(workdir) / "metrics.jsonl").read_text().splitlines()):
+        if "steps_per_s" in record:
+            minutes += (record["step"] - previous) / record["steps_per_s"] / 60
+            previous, train_loss = record["step"], record["loss"]
+        if "eval/nats_per_char" in record:
+            print(f"{minutes:8.2f} {record['step']:6d} {train_loss:11.4f} {record['eval/nats_per_char']:14.4f}")
+    final = zoo.load(workdir).evaluate(validation)["nats_per_char"]
+    print(f"after {minutes:.1f} minutes ({args.steps} steps): {final:.4f} nats/char on the whole validation split")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", nargs="?", choices=("speed", "budget"), default="speed")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=None, help="speed: steps per run [60]; budget: schedule length [2000]")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=200, help="budget: steps between evaluations")
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--eval-windows", type=int, default=64, help="budget: windows of periodic evaluation (0: all)")
+    parser.add_argument("--workdir", help="budget: run folder (default: a new temporary one)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="budget: extra zoo settings")
+    args = parser.parse_args()
+    if args.mode == "speed":
+        args.steps = args.steps or 60
+        return speed(args)
+    args.steps = args.steps or 2000
+    return budget(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
