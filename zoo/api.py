@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zoo import registry
-from zoo.errors import UnknownName, UsageError, ZooError
+from zoo.errors import IntegrityError, UnknownName, UsageError, ZooError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +236,14 @@ def verify(name: str) -> Verification:
     except ZooError as e:
         return Verification(name, False, (f"load: {e}",))
     checks = [f"checksums: ok (MANIFEST {entry.sha256[:12]}...)"]
+    if entry.params_digest is not None:  # the MANIFEST pins the bytes; this pins what they restore to
+        from zoo import publish
+
+        try:
+            publish.check_digest(loaded.model, entry.params_digest, name)
+        except IntegrityError as e:
+            return Verification(name, False, (*checks, f"params_digest: {e}"))
+        checks.append(f"params_digest: ok ({entry.params_digest[:12]}...)")
     if not entry.metrics:
         return Verification(name, True, (*checks, "metrics: none on the card"))
     try:

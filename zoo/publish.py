@@ -30,7 +30,7 @@ from typing import Any
 
 from zoo import checkpoint
 from zoo.catalog import NAME
-from zoo.errors import UsageError, ZooError
+from zoo.errors import IntegrityError, UsageError, ZooError
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 """Every archive member's timestamp: the zip epoch, so archives of the same bytes are the same bytes."""
@@ -241,10 +241,23 @@ def export(
     return Exported(name, destination, sha256, checkpoint.params_digest(weights), size, meta, changes, metrics, recipe(meta, changes))
 
 
-def weights_digest(workdir: str | Path) -> str:
-    """``params_digest`` of the weights ``load(workdir)`` gives (EMA if kept): what an export of it records."""
+def model_digest(model: Any) -> str:
+    """``params_digest`` of an ``nnx.Module``'s variables: what an export of it records."""
     from flax import nnx
 
+    return checkpoint.params_digest(nnx.to_pure_dict(nnx.state(model)))
+
+
+def weights_digest(workdir: str | Path) -> str:
+    """``params_digest`` of the weights ``load(workdir)`` gives (EMA if kept)."""
     from zoo import pretrained
 
-    return checkpoint.params_digest(nnx.to_pure_dict(nnx.state(pretrained.load(Path(workdir)).model)))
+    return model_digest(pretrained.load(Path(workdir)).model)
+
+
+def check_digest(model: Any, expected: str, where: str) -> str:
+    """``model``'s params_digest; IntegrityError naming both digests unless it is ``expected``."""
+    actual = model_digest(model)
+    if actual != expected:
+        raise IntegrityError(f"{where}: the restored weights have params_digest {actual}, but the card says {expected}")
+    return actual

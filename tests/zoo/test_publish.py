@@ -17,7 +17,7 @@ import zoo
 import zoo.data
 from zoo import checkpoint, cli, publish
 from zoo.catalog import parse_catalog
-from zoo.errors import UsageError
+from zoo.errors import IntegrityError, UsageError
 
 
 @pytest.fixture
@@ -141,3 +141,30 @@ def test_cli_export_prints_an_entry_a_catalogue_accepts(tmp_path, tiny_zoo, tiny
     assert entry.name == "tiny-cli" and entry.checkpoint == "checkpoints/tiny-cli" and entry.license == "CC0-1.0"
     assert entry.sha256 == checkpoint.manifest_sha256(tmp_path / "checkpoints" / "tiny-cli") and entry.metrics
     assert err.strip().startswith("wrote checkpoints/tiny-cli (MANIFEST sha256")
+
+
+def test_verify_compares_the_cards_params_digest_with_the_restored_weights(tmp_path, tiny_zoo, monkeypatch):
+    """A tiny entry in ZOO_REGISTRY: the card's digest is checked against the training's own digest, then a lying one."""
+    monkeypatch.chdir(tmp_path)  # where the catalogue lives: the checkpoint path is relative to it
+    exported = publish.export(tiny_zoo.run, tmp_path / "tiny-digest", measure=False)
+    catalog = tmp_path / "registry.toml"
+    catalog.write_text("schema = 1\n\n" + exported.entry_toml())
+    use_catalog(monkeypatch, catalog)
+    good = zoo.verify("tiny-digest")
+    assert good.ok and f"params_digest: ok ({tiny_zoo.digest[:12]}...)" in good.checks
+
+    lie = "0" * 64
+    catalog.write_text(catalog.read_text().replace(exported.params_digest, lie))  # same bytes, a card that lies
+    use_catalog(monkeypatch, catalog)
+    bad = zoo.verify("tiny-digest")
+    assert not bad.ok
+    assert bad.checks[0].startswith("checksums: ok")  # the MANIFEST still matches: only the digest differs
+    assert tiny_zoo.digest in bad.checks[-1] and lie in bad.checks[-1]
+
+
+def test_a_digest_mismatch_is_an_integrity_error_naming_both(tiny_zoo):
+    loaded = zoo.load(tiny_zoo.run)
+    assert publish.check_digest(loaded.model, tiny_zoo.digest, "run") == tiny_zoo.digest
+    with pytest.raises(IntegrityError) as error:
+        publish.check_digest(loaded.model, "f" * 64, "run")
+    assert tiny_zoo.digest in str(error.value) and "f" * 64 in str(error.value)
