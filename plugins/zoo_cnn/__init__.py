@@ -21,6 +21,6 @@ plugin = Plugin(
     train="zoo_cnn.train:train",
     predict="zoo_cnn.train:predict",
     evaluate="zoo_cnn.train:evaluate",
-    datasets=("mnist",),
+    datasets=("mnist", "fashion-mnist"),
     metric=("accuracy", "max"),
 )

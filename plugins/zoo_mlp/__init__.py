@@ -20,6 +20,6 @@ plugin = Plugin(
     train="zoo_mlp.train:train",
     predict="zoo_mlp.train:predict",
     evaluate="zoo_mlp.train:evaluate",
-    datasets=("mnist",),
+    datasets=("mnist", "fashion-mnist"),
     metric=("accuracy", "max"),
 )
