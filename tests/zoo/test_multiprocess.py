@@ -219,7 +219,7 @@ def uninterrupted(tmp_path_factory) -> str:
     return out0["params_digest"]
 
 
-def wait_for_checkpoint(procs, workdir, step: int, timeout: float = 240) -> None:
+def wait_for_checkpoint(procs, workdir, step: int, timeout: float = 400) -> None:
     deadline = time.monotonic() + timeout
     while not (workdir / "checkpoints" / str(step) / "MANIFEST.json").exists():
         if any(p.poll() is not None for p in procs):
@@ -240,7 +240,7 @@ def stop_and_resume(tmp_path, uninterrupted: str, signals: list[tuple[int, int, 
         for process, signum, delay in signals:
             time.sleep(delay)
             procs[process].send_signal(signum)
-        results = [communicate(p, timeout=120) for p in procs]
+        results = [communicate(p, timeout=400) for p in procs]
     finally:
         kill_all(procs)
     for code, out, err in results:
