@@ -243,19 +243,25 @@ class _DropOrbaxRecords(logging.Filter):
 
 
 @contextlib.contextmanager
-def _orbax_quiet() -> Iterator[None]:
-    """Silence Orbax's log records (absl) while we call it.
+def _calling_orbax(failure: str) -> Iterator[None]:
+    """Call Orbax quietly; what it raises for unusable bytes becomes ``CheckpointError("{failure}: {reason}")``.
 
-    Its writer threads log each failure with a full traceback before the caller
-    sees the exception (two tracebacks for one full disk, measured); we raise that
-    exception once, as one line. Its warnings ("Skipping merge of OCDBT
-    checkpoints" for every portable save) say nothing a user can act on.
+    Its log records (absl) are silenced meanwhile: its writer threads log each
+    failure with a full traceback before the caller sees the exception (two
+    tracebacks for one full disk, measured); we raise that exception once, as one
+    line. Its warnings ("Skipping merge of OCDBT checkpoints" for every portable
+    save) say nothing a user can act on. Any other exception is a bug and keeps
+    its own type and traceback (see ``_bad_bytes``).
     """
     quiet = _DropOrbaxRecords()
     logger = logging.getLogger("absl")
     logger.addFilter(quiet)
     try:
         yield
+    except Exception as e:  # noqa: BLE001 - narrowed by _bad_bytes; a bug is re-raised as itself
+        if not _bad_bytes(e):
+            raise
+        raise CheckpointError(f"{failure}: {error_line(e)}") from e
     finally:
         logger.removeFilter(quiet)
 
@@ -340,22 +346,21 @@ def save(directory: Path, items: Mapping[str, Any], meta: Mapping[str, Any], *, 
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
     args["meta"] = ocp.args.JsonSave(dict(meta))
     try:
-        checkpointer = _checkpointer(items, use_ocdbt=not portable)
-        with _orbax_quiet(), _interrupts_held():
-            try:
-                checkpointer.save(directory, ocp.args.Composite(**args))
-            finally:
-                checkpointer.close()  # joins Orbax's threads on every exit path
-        multihost_utils.sync_global_devices(f"zoo-checkpoint-{directory}")
-        if jax.process_index() == 0:
-            for leftover in (p for name in MACHINE_FILES for p in directory.rglob(name)):
-                leftover.unlink()
-            return write_manifest(directory)
-    except BaseException as e:
+        with _calling_orbax(f"saving checkpoint {directory} failed"):
+            checkpointer = _checkpointer(items, use_ocdbt=not portable)
+            with _interrupts_held():
+                try:
+                    checkpointer.save(directory, ocp.args.Composite(**args))
+                finally:
+                    checkpointer.close()  # joins Orbax's threads on every exit path
+            multihost_utils.sync_global_devices(f"zoo-checkpoint-{directory}")
+            if jax.process_index() == 0:
+                for leftover in (p for name in MACHINE_FILES for p in directory.rglob(name)):
+                    leftover.unlink()
+                return write_manifest(directory)
+    except BaseException:
         with _interrupts_held():
             _remove_partial(directory)
-        if _bad_bytes(e):
-            raise CheckpointError(f"saving checkpoint {directory} failed: {error_line(e)}") from e
         raise
     return None
 
@@ -380,14 +385,8 @@ def stored_tree(directory: Path, item: str) -> dict[str, Any]:
     folder = Path(directory).absolute() / item
     if not folder.is_dir():
         raise CheckpointError(f"{directory}: the checkpoint has no {item!r} item")
-    try:
-        with _orbax_quiet():
-            metadata = ocp.StandardCheckpointHandler().metadata(folder)
-        return tree_paths(dict(metadata.tree))
-    except Exception as e:  # noqa: BLE001 - narrowed by _bad_bytes; a bug is re-raised as itself
-        if not _bad_bytes(e):
-            raise
-        raise CheckpointError(f"{directory}: cannot read the {item!r} tree: {error_line(e)}") from None
+    with _calling_orbax(f"{directory}: cannot read the {item!r} tree"):
+        return tree_paths(dict(ocp.StandardCheckpointHandler().metadata(folder).tree))
 
 
 def restore(
@@ -408,12 +407,8 @@ def restore(
     args = {item: ocp.args.StandardRestore(target) for item, target in targets.items()}
     checkpointer = _checkpointer()
     try:
-        with _orbax_quiet():
+        with _calling_orbax(f"restoring {directory} failed"):
             restored = checkpointer.restore(directory, ocp.args.Composite(**args))
-    except Exception as e:  # noqa: BLE001 - narrowed by _bad_bytes; a bug is re-raised as itself
-        if not _bad_bytes(e):
-            raise
-        raise CheckpointError(f"restoring {directory} failed: {error_line(e)}") from e
     finally:
         checkpointer.close()
     return {item: restored[item] for item in targets}

@@ -26,11 +26,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from zoo import env
 from zoo.errors import IntegrityError, OfflineError, UsageError, ZooError
+from zoo.memory import human_bytes
 
 CHUNK = 1 << 20  # 1 MiB: large enough to stream fast, small enough to bound memory
 SCHEMES = ("https://", "http://", "file://")
@@ -99,53 +101,45 @@ def _one_line(error: BaseException) -> str:
 # --------------------------------------------------------------------------- bounds
 
 
+def _positive(text: str) -> float:
+    """``text`` as a finite number above zero; ValueError otherwise."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return value
+
+
 def _parse_bytes(text: str) -> int:
     """``"4G"`` -> 4 GiB; ``"500M"``, ``"1048576"`` (binary units, case-insensitive)."""
     text = text.strip().upper().removesuffix("B").removesuffix("I")
     scale = 1
     if text and text[-1] in _UNITS:
         scale, text = 1 << _UNITS[text[-1]], text[:-1]
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(text)
-    return int(value * scale)
+    return int(_positive(text) * scale)
 
 
 _UNITS = {"K": 10, "M": 20, "G": 30, "T": 40}
 
 
+def _setting(name: str, default: Any, parse: Callable[[str], Any], expected: str) -> Any:
+    """``parse`` of the environment variable ``name``, ``default`` if unset; UsageError saying ``expected`` if unparsable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return parse(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} {expected}") from None
+
+
 def size_limit() -> int:
     """The most bytes one download may bring (``ZOO_MAX_DOWNLOAD``, default 4 GiB)."""
-    raw = os.environ.get("ZOO_MAX_DOWNLOAD", "").strip()
-    if not raw:
-        return DEFAULT_LIMIT
-    try:
-        return _parse_bytes(raw)
-    except ValueError:
-        raise UsageError(f"ZOO_MAX_DOWNLOAD={raw!r} is not a size (e.g. 8G, 500M, 1048576)") from None
+    return _setting("ZOO_MAX_DOWNLOAD", DEFAULT_LIMIT, _parse_bytes, "is not a size (e.g. 8G, 500M, 1048576)")
 
 
 def deadline_s() -> float:
     """The most seconds one whole download may take (``ZOO_DOWNLOAD_DEADLINE``, default 2 h)."""
-    raw = os.environ.get("ZOO_DOWNLOAD_DEADLINE", "").strip()
-    if not raw:
-        return DEFAULT_DEADLINE_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"ZOO_DOWNLOAD_DEADLINE={raw!r} must be a positive number of seconds")
-    return value
-
-
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``"1.5 KiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    return _setting("ZOO_DOWNLOAD_DEADLINE", DEFAULT_DEADLINE_S, _positive, "must be a positive number of seconds")
 
 
 class _NoDowngrade(urllib.request.HTTPRedirectHandler):

@@ -25,8 +25,8 @@ class OutOfMemory(ZooError):
     """A build or a sample would need more memory than the devices have."""
 
 
-def human(n: float) -> str:
-    """``1.5e12`` -> ``"1.4 TiB"``."""
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``, ``1.5e12`` -> ``"1.4 TiB"`` (binary units; every byte count the zoo prints)."""
     if n < 1024:
         return f"{n:.0f} B"
     for unit in ("KiB", "MiB", "GiB", "TiB"):
@@ -79,7 +79,7 @@ def check_fits(nbytes: int, what: str) -> None:
     """OutOfMemory naming ``what`` and both sizes when ``nbytes`` exceeds what is available."""
     free, where = available_bytes()
     if free is not None and nbytes > free:
-        raise OutOfMemory(f"{what} would need {human(nbytes)}, more than the {human(free)} available in {where}")
+        raise OutOfMemory(f"{what} would need {human_bytes(nbytes)}, more than the {human_bytes(free)} available in {where}")
 
 
 def check_parameters(abstract_state: Any, what: str) -> None:

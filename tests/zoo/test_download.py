@@ -163,3 +163,17 @@ def test_interrupt_removes_temp_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         dl.download("https://example.org/x.bin", tmp_path / "x.bin")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan", "inf"])
+def test_a_deadline_that_is_not_a_positive_number_is_a_usage_error(monkeypatch, value):
+    monkeypatch.setenv("ZOO_DOWNLOAD_DEADLINE", value)
+    with pytest.raises(UsageError, match=f"ZOO_DOWNLOAD_DEADLINE={value!r}"):
+        dl.deadline_s()
+
+
+@pytest.mark.parametrize("value, limit", [("", dl.DEFAULT_LIMIT), ("1048576", 1 << 20), ("1.5K", 1536), ("2GiB", 2 << 30)])
+def test_download_settings_read_the_environment(monkeypatch, value, limit):
+    monkeypatch.setenv("ZOO_MAX_DOWNLOAD", value)
+    monkeypatch.setenv("ZOO_DOWNLOAD_DEADLINE", "0.5")
+    assert dl.size_limit() == limit and dl.deadline_s() == 0.5

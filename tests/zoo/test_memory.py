@@ -45,7 +45,7 @@ def test_a_model_too_big_for_memory_is_refused_at_once():
         zoo.build("vae", "dense-20", latent_dim=99_999_999_999)
     assert time.monotonic() - started < 30
     message = str(error.value)
-    assert memory.human(dense_vae_bytes(99_999_999_999)) in message and "available" in message and "\n" not in message
+    assert memory.human_bytes(dense_vae_bytes(99_999_999_999)) in message and "available" in message and "\n" not in message
 
 
 def test_training_a_model_too_big_is_refused_before_anything_allocates(tmp_path):
@@ -64,7 +64,7 @@ def test_too_many_samples_are_refused_and_a_fitting_number_is_drawn(tiny_zoo, mo
     with pytest.raises(OutOfMemory) as error:
         model.sample(n)
     assert str(error.value) == (
-        f"{n} samples of {tiny_zoo.checkpoint} would need {memory.human(n * 784 * 4)}, "
+        f"{n} samples of {tiny_zoo.checkpoint} would need {memory.human_bytes(n * 784 * 4)}, "
         "more than the 100.0 MiB available in a 100 MiB test budget"
     )
     assert np.asarray(model.sample(16)).shape == (16, 28, 28, 1)
@@ -107,4 +107,4 @@ def test_accelerator_memory_comes_from_memory_stats(monkeypatch):
 
 @pytest.mark.parametrize("n, text", [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 << 30, "3.0 GiB"), (2**60, "1024.0 PiB")])
 def test_human_sizes(n, text):
-    assert memory.human(n) == text
+    assert memory.human_bytes(n) == text

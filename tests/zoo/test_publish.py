@@ -33,6 +33,14 @@ def entry_of(exported: publish.Exported, folder: Path, **card):
     return parse_catalog("schema = 1\n\n" + exported.entry_toml(**card), folder / "registry.toml")[0]
 
 
+def catalogue_of(exported: publish.Exported, folder: Path, monkeypatch) -> Path:
+    """The printed entry as the one catalogue in use, ``folder``/registry.toml."""
+    catalog = folder / "registry.toml"
+    catalog.write_text("schema = 1\n\n" + exported.entry_toml())
+    use_catalog(monkeypatch, catalog)
+    return catalog
+
+
 def test_exporting_one_workdir_twice_gives_identical_bytes(tmp_path, tiny_zoo):
     first = publish.export(tiny_zoo.run, tmp_path / "a" / "tiny", measure=False)
     second = publish.export(tiny_zoo.run, tmp_path / "b" / "elsewhere" / "tiny", measure=False)
@@ -63,9 +71,7 @@ def test_the_printed_entry_is_complete_and_measured_now(tmp_path, tiny_zoo, tiny
 
 def test_an_archive_entry_loads_as_printed(tmp_path, tiny_zoo, monkeypatch):
     exported = publish.export(tiny_zoo.run, tmp_path / "tiny-zip", archive=True, measure=False)
-    catalog = tmp_path / "registry.toml"
-    catalog.write_text("schema = 1\n\n" + exported.entry_toml())
-    use_catalog(monkeypatch, catalog)
+    catalog = catalogue_of(exported, tmp_path, monkeypatch)
     entry = parse_catalog(catalog.read_text(), catalog)[0]
     assert entry.remote and entry.size == exported.path.stat().st_size
     with zipfile.ZipFile(exported.path) as zf:
@@ -111,9 +117,7 @@ def test_verify_reproduce_reruns_the_recipe_and_compares_the_digest(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     zoo.train("vae", workdir=tmp_path / "run", steps=3, batch_size=8, seed=1, progress=False)
     exported = publish.export(tmp_path / "run", tmp_path / "tiny-repro", measure=True)
-    catalog = tmp_path / "registry.toml"
-    catalog.write_text("schema = 1\n\n" + exported.entry_toml())
-    use_catalog(monkeypatch, catalog)
+    catalog = catalogue_of(exported, tmp_path, monkeypatch)
     assert run_cli("verify", "--reproduce", "tiny-repro") == 0
     out = capsys.readouterr().out
     assert f"tiny-repro: reproduced (params_digest {exported.params_digest}" in out
@@ -147,9 +151,7 @@ def test_verify_compares_the_cards_params_digest_with_the_restored_weights(tmp_p
     """A tiny entry in ZOO_REGISTRY: the card's digest is checked against the training's own digest, then a lying one."""
     monkeypatch.chdir(tmp_path)  # where the catalogue lives: the checkpoint path is relative to it
     exported = publish.export(tiny_zoo.run, tmp_path / "tiny-digest", measure=False)
-    catalog = tmp_path / "registry.toml"
-    catalog.write_text("schema = 1\n\n" + exported.entry_toml())
-    use_catalog(monkeypatch, catalog)
+    catalog = catalogue_of(exported, tmp_path, monkeypatch)
     good = zoo.verify("tiny-digest")
     assert good.ok and f"params_digest: ok ({tiny_zoo.digest[:12]}...)" in good.checks
 
