@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -37,10 +38,8 @@ class _Steps:
     message; every later test that needs it fails with one line naming it.
     """
 
-    def __init__(self, plugin_name: str, steps: int, batch_size: int | None):
-        from zoo import testing
-
-        self.testing, self.name, self.steps, self.batch_size = testing, plugin_name, steps, batch_size
+    def __init__(self, kit: ModuleType, plugin_name: str, steps: int, batch_size: int | None):
+        self.testing, self.name, self.steps, self.batch_size = kit, plugin_name, steps, batch_size
         self.outcomes: dict[str, tuple[bool, Any]] = {}
 
     def once(self, step: str, check: Callable[[], Any]) -> Any:
@@ -94,11 +93,14 @@ class _Steps:
             pytest.skip(f"plugin {self.name!r} has no {field}")
 
 
-def make_suite(plugin_name: str, *, steps: int, batch_size: int | None) -> type:
-    """A test class running each check of ``zoo.testing`` on ``plugin_name`` as its own item."""
-    from zoo import testing
+def make_suite(kit: ModuleType, plugin_name: str, *, steps: int, batch_size: int | None) -> type:
+    """A test class running each check of ``kit`` (``zoo.testing``) on ``plugin_name`` as its own item.
 
-    run = _Steps(plugin_name, steps, batch_size)
+    The kit is passed in, not imported: ``zoo.testing`` imports this module, and an
+    import back would be a cycle (tests/zoo/test_imports.py).
+    """
+    testing = kit
+    run = _Steps(kit, plugin_name, steps, batch_size)
 
     class Conformance:
         pytestmark = [pytest.mark.zoo_conformance(plugin_name)]

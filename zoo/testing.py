@@ -427,4 +427,4 @@ def plugin_conformance(name: str, *, steps: int = 2, batch_size: int | None = No
     """
     from zoo.pytest_plugin import make_suite
 
-    return make_suite(name, steps=steps, batch_size=batch_size)
+    return make_suite(sys.modules[__name__], name, steps=steps, batch_size=batch_size)
