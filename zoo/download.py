@@ -55,7 +55,8 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (the mode bits new files and folders lose)."""
     mask = os.umask(0)  # the only portable way to read the umask is to set it
     os.umask(mask)
     return mask
@@ -66,7 +67,7 @@ def _temp_beside(path: Path) -> tuple[int, Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     # mkstemp creates the file 0600; give the final file the mode open() would have.
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~current_umask())
     return fd, Path(tmp)
 
 

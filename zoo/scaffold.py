@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from zoo import registry
+from zoo.download import current_umask
 from zoo.errors import UsageError
 
 KINDS = ("generative", "classifier")
@@ -146,15 +147,10 @@ def new_plugin(name: str, directory: str | Path | None = None, *, kind: str = "g
         for relative, text in files.items():
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
             (staging / relative).write_text(text, encoding="utf-8")
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; give it the mode mkdir would
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; give it the mode mkdir would
         os.replace(staging, target)  # onto a missing or empty folder: atomic
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
 
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read the umask is to set it
-    os.umask(mask)
-    return mask
