@@ -16,8 +16,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from zoo import training
-from zoo_vae.model import VAE
+from zoo import sample_quality, training
+from zoo_vae.model import VAE, sample
 
 EVAL_BATCH = 1000
 EVAL_SEED = 0
@@ -70,4 +70,14 @@ def evaluate(model: VAE, data: Mapping[str, np.ndarray]) -> dict[str, float]:
         r, k = _eval_sums(model, jnp.asarray(images[start : start + EVAL_BATCH]), key)
         recon, kl = recon + float(r), kl + float(k)
     n = len(images)
-    return {"neg_elbo": (recon + kl) / n, "recon": recon / n, "kl": kl / n}
+    return {"neg_elbo": (recon + kl) / n, "recon": recon / n, "kl": kl / n} | sample_quality_metrics(model, data)
+
+
+QUALITY_CLASSIFIER = "mlp-mnist"
+"""Whose features FID-MNIST uses: one of our MNIST classifiers (not Inception); the GAN uses the same."""
+
+
+def sample_quality_metrics(model: VAE, data: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """FID-MNIST, confident fraction and class entropy of ``len(data["image"])`` prior samples (see zoo.sample_quality)."""
+    quality = sample_quality.measure_sampler(QUALITY_CLASSIFIER, data["image"], lambda key, n: sample(model, key, n), seed=EVAL_SEED)
+    return {"fid_mnist": quality.pop("frechet_distance"), **quality}
