@@ -76,8 +76,8 @@ def runs(tmp_path_factory):
             return real_save(self, step, items, meta)
 
         def jit(fn, *args, captured=captured, **kwargs):
-            if kwargs.get("donate_argnums") == 0:  # the loop's step: (state, batch) -> (state, metrics)
-                captured["batch_shardings"].append(kwargs["in_shardings"][1])
+            if kwargs.get("donate_argnums") == 0:  # the loop's call: (state, sums, rows, batch, key) -> (state, sums)
+                captured["batch_shardings"].append(kwargs["in_shardings"][-2])  # the batch (or its row indices)
             return real_jit(fn, *args, **kwargs)
 
         with pytest.MonkeyPatch.context() as mp:
