@@ -122,7 +122,8 @@ def test_the_full_step_updates_the_discriminator_first_then_the_generator():
     "overrides,needle",
     [
         ({"image_shape": (30, 30, 1)}, "divisible by 4"),
-        ({"generator_channels": (8,)}, "two positive widths"),
+        ({"generator_channels": (8,)}, "generator_channels must be tuple[int, int]"),  # the field's type
+        ({"generator_channels": (8, 0)}, "two positive widths"),  # the plugin's own check
         ({"latent_dim": 0}, "latent_dim and kernel must be positive"),
     ],
 )
