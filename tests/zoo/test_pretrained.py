@@ -33,7 +33,7 @@ from fixtures_checkpoints import (  # noqa: F401 - fixtures are used by name
 
 import zoo
 import zoo.download
-from zoo import checkpoint, env, publish, remote
+from zoo import checkpoint, env, pretrained, publish, remote
 from zoo.checkpoint import MANIFEST, CheckpointError
 from zoo.errors import IntegrityError, UsageError, ZooError
 
