@@ -339,6 +339,26 @@ def on_sys_path(root: Path):
                 del sys.modules[name]
 
 
+@contextlib.contextmanager
+def trained_tiny_classifier(root: Path, **train_options):
+    """``clf`` (``CLASSIFIER_SOURCE``) trained on ``tiny``, both installed under ``root/site``.
+
+    Yields the workdir ``root/run`` while both distributions stay importable, with
+    ``ZOO_HOME`` in ``root``; discovery is reset on the way in and out.
+    """
+    import zoo
+    from zoo import registry
+
+    tiny_dataset(root / "site")
+    classifier_plugin(root / "site")
+    with on_sys_path(root / "site"), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZOO_HOME", str(root / "zoo-home"))
+        registry.reset()
+        zoo.train("clf", workdir=root / "run", progress=False, **train_options)
+        yield root / "run"
+    registry.reset()
+
+
 # --------------------------------------------------------------------------- catalogues
 
 ENTRY_FIELDS = {

@@ -21,25 +21,18 @@ from helpers import (
     on_sys_path,
     run_main,
     tiny_dataset,
+    trained_tiny_classifier,
     write_distribution,
 )
 
-import zoo
 from zoo import registry
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A workdir of the healthy ``clf``, trained 2 steps on ``tiny``."""
-    root = tmp_path_factory.mktemp("healthy")
-    tiny_dataset(root / "site")
-    classifier_plugin(root / "site")
-    with on_sys_path(root / "site"), pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ZOO_HOME", str(root / "zoo-home"))
-        registry.reset()
-        zoo.train("clf", workdir=root / "run", steps=2, batch_size=8, progress=False)
-    registry.reset()
-    return root / "run"
+    with trained_tiny_classifier(tmp_path_factory.mktemp("healthy"), steps=2, batch_size=8) as run:
+        return run
 
 
 def typo(site: Path) -> None:

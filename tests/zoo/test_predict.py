@@ -15,30 +15,20 @@ import numpy as np
 import pytest
 from helpers import (
     assert_one_line_error,
-    classifier_plugin,
     clean_zoo_env,  # noqa: F401 - autouse fixture
-    on_sys_path,
     run_main,
-    tiny_dataset,
+    trained_tiny_classifier,
 )
 from PIL import Image
 
 import zoo
-from zoo import registry
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """The classifier trained 150 steps on ``tiny``; its distributions stay on sys.path for the module."""
-    root = tmp_path_factory.mktemp("predict")
-    tiny_dataset(root / "site")
-    classifier_plugin(root / "site")
-    with on_sys_path(root / "site"), pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ZOO_HOME", str(root / "zoo-home"))
-        registry.reset()
-        zoo.train("clf", workdir=root / "run", steps=150, batch_size=16, learning_rate=0.1, progress=False)
-        yield root / "run"
-    registry.reset()
+    with trained_tiny_classifier(tmp_path_factory.mktemp("predict"), steps=150, batch_size=16, learning_rate=0.1) as run:
+        yield run
 
 
 def reference_probabilities(model, images_unit: np.ndarray) -> np.ndarray:
