@@ -28,7 +28,6 @@ Exit status: 0 if both ratios are at most the target, 1 if not, 2 on bad setup.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 
@@ -36,10 +35,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from measure import interleaved, loop_intervals, summarise, timed_intervals, verdict
+from measure import interleaved, loop_intervals, summarise, timed_intervals, vae_bench_setup, verdict
 
 import zoo
-import zoo.data
 from zoo.data.loader import ArrayLoader
 from zoo_vae.train import negative_elbo
 
@@ -103,22 +101,10 @@ def staged_batches(data, batch: int, steps: int, steps_per_call: int) -> list:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--steps", type=int, default=1000, help="steps per run, a multiple of 100 (default 1000)")
-    parser.add_argument("--fuse", type=int, default=10, help="steps_per_call of the fused pair; 1 skips it (default 10)")
-    parser.add_argument("--target", type=float, default=1.05, help="largest acceptable ratio (default 1.05)")
-    args = parser.parse_args()
-    if args.rounds < 1 or args.steps % EVERY or args.steps < 3 * EVERY or args.fuse < 1 or EVERY % args.fuse:
-        parser.error("need rounds >= 1, steps a multiple of 100 and at least 300, and --fuse dividing 100")
-    if jax.device_count() != 1:
-        print(f"run on one device (found {jax.device_count()}: unset XLA_FLAGS' device count)", file=sys.stderr)
+    setup = vae_bench_setup(__doc__.splitlines()[0], batch=128, fuse=10, target=1.05, every=EVERY)
+    if setup is None:
         return 2
-    if zoo.data.is_cached("mnist"):
-        data, source = zoo.data.load("mnist", "train"), "MNIST train"
-    else:
-        data, source = zoo.data.synthetic("mnist", 60000), "synthetic"
+    args, data, source = setup
     print(f"dense-20 VAE, Adam, batch {args.batch}, {source}, {jax.devices()[0].platform} x1, "
           f"{args.steps} steps per run, intervals of {EVERY} steps, {args.rounds} rounds")
 

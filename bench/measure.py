@@ -9,8 +9,10 @@ quartiles and extremes so the noise is visible.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,3 +73,28 @@ def verdict(name: str, ratio: float, target: float) -> bool:
     ok = ratio <= target
     print(f"{name} = {ratio:.3f} (target <= {target}): {'PASS' if ok else 'FAIL'}")
     return ok
+
+
+def vae_bench_setup(description: str, *, batch: int, fuse: int, target: float, every: int) -> tuple[argparse.Namespace, dict, str] | None:
+    """The VAE benches' shared start: options, their checks, one device, MNIST (or synthetic) train arrays.
+
+    Returns ``(args, arrays, source)``, or None after saying why the bench cannot run here.
+    """
+    import jax  # imported here: the helpers above serve benches that time their own imports
+    import zoo.data
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batch", type=int, default=batch, help=f"batch size (default {batch})")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--steps", type=int, default=1000, help=f"steps per run, a multiple of {every} (default 1000)")
+    parser.add_argument("--fuse", type=int, default=fuse, help=f"steps_per_call of the fused runs; 1 skips them (default {fuse})")
+    parser.add_argument("--target", type=float, default=target, help=f"largest acceptable ratio (default {target})")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.steps % every or args.steps < 3 * every or args.fuse < 1 or every % args.fuse:
+        parser.error(f"need rounds >= 1, steps a multiple of {every} and at least {3 * every}, and --fuse dividing {every}")
+    if jax.device_count() != 1:
+        print(f"run on one device (found {jax.device_count()}: unset XLA_FLAGS' device count)", file=sys.stderr)
+        return None
+    if zoo.data.is_cached("mnist"):
+        return args, zoo.data.load("mnist", "train"), "MNIST train"
+    return args, zoo.data.synthetic("mnist", 60000), "synthetic"

@@ -30,7 +30,6 @@ Exit status: 0 if zoo / bare is at most the target, 1 if not, 2 on bad setup.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 
@@ -38,10 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from measure import interleaved, loop_intervals, summarise, timed_intervals, verdict
+from measure import interleaved, loop_intervals, summarise, timed_intervals, vae_bench_setup, verdict
 
 import zoo
-import zoo.data
 
 SEED, LR, EVERY, HIDDEN, LATENT, PIXELS, EPOCH = 0, 1e-3, 100, 128, 20, 784, 60000
 
@@ -149,22 +147,10 @@ def make_torch_run(images: np.ndarray, batch: int, steps: int):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=16, help="batch size (default 16, the seed's)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--steps", type=int, default=1000, help="steps per run, a multiple of 100 (default 1000)")
-    parser.add_argument("--fuse", type=int, default=50, help="steps_per_call of the fused zoo run; 1 skips it (default 50)")
-    parser.add_argument("--target", type=float, default=1.10, help="largest acceptable zoo / bare (default 1.10)")
-    args = parser.parse_args()
-    if args.rounds < 1 or args.steps % EVERY or args.steps < 3 * EVERY or EVERY % args.fuse and args.fuse > 1:
-        parser.error("need rounds >= 1, steps a multiple of 100 and at least 300, and --fuse dividing 100")
-    if jax.device_count() != 1:
-        print(f"run on one device (found {jax.device_count()}: unset XLA_FLAGS' device count)", file=sys.stderr)
+    setup = vae_bench_setup(__doc__.splitlines()[0], batch=16, fuse=50, target=1.1, every=EVERY)
+    if setup is None:
         return 2
-    if zoo.data.is_cached("mnist"):
-        data, source = zoo.data.load("mnist", "train"), "MNIST train"
-    else:
-        data, source = zoo.data.synthetic("mnist", EPOCH), "synthetic"
+    args, data, source = setup
     images = data["image"]
     order = np.random.default_rng(SEED).permutation(len(images))
     staged = [jax.device_put(images[order[i : i + args.batch]]) for i in range(0, min(len(images), args.steps * args.batch) - args.batch + 1, args.batch)]
