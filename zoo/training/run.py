@@ -61,6 +61,7 @@ class Run:
     train_data: Mapping[str, np.ndarray] | None = None
     eval_data: Mapping[str, np.ndarray] | None = None
     progress: bool = True
+    _checked_mesh: jax.sharding.Mesh | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def data(self, split: str = "train") -> Mapping[str, np.ndarray]:
         """The split's arrays: the overrides if given, else the cached dataset."""
@@ -93,8 +94,11 @@ class Run:
         """Refuse, before any model is built, what can be known wrong now; returns the run's mesh.
 
         ``zoo.train`` calls it before handing the run to the plugin, so these are the
-        core's usage errors, not the plugin's; the loop calls it again for direct callers.
+        core's usage errors, not the plugin's; the loop calls it again for direct callers,
+        which then costs nothing: the result is kept (a ``dataclasses.replace`` copy checks anew).
         """
+        if self._checked_mesh is not None:
+            return self._checked_mesh
         mesh = sharding.make_mesh(self.mesh_shape)
         cfg = self.train
         micro = "micro-batch size" if cfg.grad_accum > 1 else "batch size"
@@ -104,6 +108,7 @@ class Run:
             with nnx.use_eager_sharding(False):
                 abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(self.build)))
             pretrained.check_init_from(self.init_from, self.plugin, abstract)
+        self._checked_mesh = mesh
         return mesh
 
     def check_resumable(self) -> None:
