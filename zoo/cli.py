@@ -146,16 +146,18 @@ def train(plugin: str, settings: tuple[str, ...], coordinator, num_processes, pr
 
     # Ctrl-C and SIGTERM are recorded from here on (before JAX loads), and the loop stops on them
     # at a step every process agrees on: exit 130 / 143 with a checkpoint, never a lost signal.
-    with stopping.catching() as requests:
-        _quiet_jax_logs()
-        distributed.initialize(coordinator, num_processes, process_id)
-        named = {k: options.pop(k) for k in ("variant", "dataset", "workdir", "mesh", "init_from")}
-        train_options = {k: v for k, v in options.items() if v is not None}
-        result = api.train(plugin, settings=parse_assignments(settings), progress=not quiet, **named, **train_options)
-        if requests.flags:  # arrived after the loop's last look: the run is complete and saved, still say so
-            from zoo.training import Interrupted
-
-            raise Interrupted("interrupted after training finished; everything was saved", requests.exit_code(requests.flags))
+    try:
+        with stopping.catching() as requests:
+            _quiet_jax_logs()
+            distributed.initialize(coordinator, num_processes, process_id)
+            named = {k: options.pop(k) for k in ("variant", "dataset", "workdir", "mesh", "init_from")}
+            train_options = {k: v for k, v in options.items() if v is not None}
+            result = api.train(plugin, settings=parse_assignments(settings), progress=not quiet, **named, **train_options)
+            if requests.flags:  # arrived after the loop's last look: the run is complete and saved, still say so
+                raise stopping.Interrupted("interrupted after training finished; everything was saved", requests.exit_code(requests.flags))
+    except stopping.Interrupted:
+        stopping.ignore_from_now_on()  # the exit code is decided; a late signal must not turn it into a kill
+        raise
     if as_json:
         keys = ("step", "loss", "params_digest", "workdir", "resumed_from")  # resumed_from: the step it resumed at, or null
         _emit_json({k: result.to_json()[k] for k in keys} | {"metrics": dict(result.metrics)})

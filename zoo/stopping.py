@@ -21,8 +21,20 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from zoo.errors import ZooError
+
 SIGNAL_FLAGS = {signal.SIGINT: 1, signal.SIGTERM: 2}
 """Each stop signal's bit in the flags that processes OR together."""
+
+
+class Interrupted(ZooError):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143): every process saved the same step; the same command resumes."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class StopRequests:
@@ -71,6 +83,19 @@ def catching() -> Iterator[StopRequests]:
         if REQUESTS.depth == 0:
             for s, handler in REQUESTS.previous.items():
                 signal.signal(s, handler)
+
+
+def ignore_from_now_on() -> None:
+    """Ignore stop signals for the rest of this process: its exit code is already decided.
+
+    For a process on its way out after an agreed stop. Another process's Ctrl-C (a
+    terminal delivers it to each process at its own moment) can land here during the
+    exit, in the distributed shutdown; with the default handler back in place it would
+    kill the process by SIGINT instead of letting it exit 130 with its checkpoint saved.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for s in SIGNAL_FLAGS:
+            signal.signal(s, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -39,6 +39,9 @@ if delay:  # slow the loader so a signal can land mid-run
         time.sleep(delay)
         return _next(self)
     loader.ArrayLoader.__next__ = slow
+if os.environ.get("ZOO_TEST_SIGNAL_AT_EXIT"):  # another process's Ctrl-C landing during the exit
+    import atexit, signal
+    atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))
 from zoo.cli import main
 main(sys.argv[1:])
 """.format(n=N)
@@ -169,6 +172,20 @@ def test_ctrl_c_saves_exits_130_and_the_rerun_completes(reference, tmp_path):
     result = run_cli(tmp_path, *fused)
     assert result["step"] == STEPS
     assert result["params_digest"] == reference.params_digest
+
+
+def test_a_signal_landing_during_the_exit_after_a_stop_changes_nothing(tmp_path):
+    """After an agreed stop the exit code is decided: a late Ctrl-C (with several processes, a terminal
+    reaches each at its own moment) must neither kill the process nor print a traceback on its way out."""
+    proc = subprocess.Popen(
+        train_args(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(ZOO_TEST_BATCH_DELAY=0.3, ZOO_TEST_SIGNAL_AT_EXIT=1),
+    )
+    wait_for_step(proc, tmp_path, EVERY)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
 
 
 @pytest.mark.slow

@@ -31,7 +31,8 @@ TrainResult, Interrupted, NonFiniteLoss), ``run`` (Run and run.json).
 """
 
 from zoo.training.config import TrainConfig, make_optimizer
-from zoo.training.loop import Interrupted, Loop, NonFiniteLoss, TrainResult, fit
+from zoo.stopping import Interrupted
+from zoo.training.loop import Loop, NonFiniteLoss, TrainResult, fit
 from zoo.training.model_def import ModelDef
 from zoo.training.objectives import AttackableInput, CustomStep, Group, Groups, Loss, LossFn, Objective, objective_groups
 from zoo.training.run import RESUMABLE_CHANGES, RUN_FILE, Run

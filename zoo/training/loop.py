@@ -43,16 +43,6 @@ class TrainResult:
         return dataclasses.asdict(self) | {"metrics": dict(self.metrics)}
 
 
-class Interrupted(ZooError):
-    """Ctrl-C (exit 130) or SIGTERM (exit 143): every process saved the same step; the same command resumes."""
-
-    exit_code = 130
-
-    def __init__(self, message: str, exit_code: int = 130):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 class NonFiniteLoss(ZooError):
     """The loss became NaN or infinite; nothing after the last good checkpoint was kept."""
 
@@ -220,7 +210,7 @@ class Loop:
         if self.saved_step != self.step and self.step > 0:
             self._save()
         where = f"checkpoint saved in {self.store.path(self.step)}" if self.step > 0 else "nothing trained, nothing saved"
-        raise Interrupted(f"interrupted at step {self.step}; {where}; rerun to resume", requests.exit_code(flags))
+        raise stopping.Interrupted(f"interrupted at step {self.step}; {where}; rerun to resume", requests.exit_code(flags))
 
     def _prefetcher(self) -> Prefetcher:
         # On CPU with one process, numpy batches go straight into the jitted call, which
