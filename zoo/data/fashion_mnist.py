@@ -16,24 +16,20 @@ reads them at call time for that reason.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import io
 import subprocess
 import tarfile
 import tempfile
-import zlib
 from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from zoo import env
 from zoo.data import cache_dir as dataset_cache_dir
-from zoo.data.mnist import parse_idx
-from zoo.download import atomic_write_bytes, download, sha256_file
-from zoo.errors import IntegrityError, OfflineError, UsageError, ZooError
+from zoo.data import idx
+from zoo.download import sha256_file
+from zoo.errors import IntegrityError, ZooError
 
 NAME = "fashion-mnist"
 
@@ -62,84 +58,25 @@ DEB_VERSION = "0.0~git20200523.55506a9-1"
 DEB_SHA256 = "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0"
 DEB_FOLDER = "usr/share/datasets/fashion-mnist/"
 APT_TIMEOUT_S = 900
-MAX_IDX_BYTES = 64 << 20  # the largest file is 47 MB; refuse to inflate past this
 
 
 def default_cache_dir() -> Path:
     return dataset_cache_dir(NAME)
 
 
-# --- the cache -----------------------------------------------------------------
-
-
-def _check_sha256(data: bytes | bytearray, name: str, origin: str) -> None:
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != IDX_SHA256[name]:
-        raise IntegrityError(f"Fashion-MNIST {name} from {origin} has sha256 {actual}, expected {IDX_SHA256[name]}")
-
-
-def _store(cache: Path, name: str, data: bytes, origin: str) -> None:
-    """Verify one IDX file against its pin, then write it into the cache atomically."""
-    _check_sha256(data, name, origin)
-    atomic_write_bytes(cache / name, data)
-
-
-def _missing(cache: Path) -> list[str]:
-    return [n for n in IDX_SHA256 if not (cache / n).is_file() or sha256_file(cache / n) != IDX_SHA256[n]]
+def _files() -> idx.IdxFiles:
+    """The pinned files, built from the module constants at call time (tests monkeypatch them)."""
+    return idx.IdxFiles("Fashion-MNIST", NAME, IDX_SHA256, SPLIT_FILES, SPLIT_SIZES, len(CLASSES))
 
 
 def is_cached() -> bool:
     """Whether all four files are present (no hashing: ``load`` verifies)."""
-    return all((default_cache_dir() / n).is_file() for n in IDX_SHA256)
-
-
-def _read_verified(path: Path) -> bytearray:
-    if not path.is_file():
-        raise ZooError(f"Fashion-MNIST file {path} is missing; run `zoo data fetch {NAME}`")
-    data = bytearray(path.read_bytes())  # a bytearray, so the parsed arrays are writable
-    try:
-        _check_sha256(data, path.name, str(path))
-    except IntegrityError as error:
-        raise IntegrityError(f"{error}; run `zoo data fetch {NAME}` to replace it") from None
-    return data
+    return _files().present(default_cache_dir())
 
 
 def load(split: str, cache_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Verified arrays of one split: ``{"image": uint8 (N, 28, 28, 1), "label": int32 (N,)}``."""
-    if split not in SPLIT_FILES:
-        raise UsageError(f"unknown {NAME} split {split!r}; valid: {', '.join(SPLIT_FILES)}")
-    cache = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    images_name, labels_name = SPLIT_FILES[split]
-    images = parse_idx(_read_verified(cache / images_name), str(cache / images_name))
-    labels = parse_idx(_read_verified(cache / labels_name), str(cache / labels_name))
-    n = SPLIT_SIZES[split]
-    if images.shape != (n, 28, 28) or labels.shape != (n,) or labels.max(initial=0) >= len(CLASSES):
-        raise ZooError(f"{NAME} {split}: images {images.shape}, labels {labels.shape}; expected {n} of 28x28, labels 0..9")
-    return {"image": images[..., None], "label": labels.astype(np.int32)}
-
-
-def _inflate(stream: io.IOBase | Path, what: str) -> bytes:
-    """Gunzip a file or stream, refusing corrupt input and anything larger than a Fashion-MNIST file."""
-    try:
-        with gzip.open(stream, "rb") as f:
-            data = f.read(MAX_IDX_BYTES + 1)
-    except (OSError, EOFError, zlib.error) as error:
-        raise ZooError(f"{what} is not a valid gzip file: {error}") from None
-    if len(data) > MAX_IDX_BYTES:
-        raise ZooError(f"{what} inflates past {MAX_IDX_BYTES} bytes; not a Fashion-MNIST file")
-    return data
-
-
-# --- source 1: upstream .gz files ------------------------------------------------
-
-
-def _from_mirror(base: str, cache: Path, names: Iterable[str]) -> None:
-    base = base.rstrip("/") + "/"
-    with tempfile.TemporaryDirectory(prefix="zoo-fashion-") as tmp:
-        for name in names:
-            url = base + name + ".gz"
-            gz = download(url, Path(tmp) / f"{name}.gz", what=f"{NAME} {name}.gz")
-            _store(cache, name, _inflate(gz, f"{name}.gz"), url)
+    return _files().load(default_cache_dir() if cache_dir is None else Path(cache_dir), split)
 
 
 # --- source 2: Debian's package ------------------------------------------------------
@@ -175,7 +112,7 @@ def idx_files_from_deb(deb: Path) -> dict[str, bytes]:
                 path = member.name.removeprefix("./")
                 name = path.removeprefix(DEB_FOLDER).removesuffix(".gz")
                 if path.startswith(DEB_FOLDER) and name in IDX_SHA256 and member.isfile():
-                    files[name] = _inflate(tar.extractfile(member), path)
+                    files[name] = idx.inflate(tar.extractfile(member), path)
     except tarfile.TarError as error:
         raise ZooError(f"{deb.name}: unreadable data archive: {error}") from None
     if missing := sorted(set(IDX_SHA256) - set(files)):
@@ -191,7 +128,7 @@ def _from_debian(cache: Path, names: Iterable[str]) -> None:
             raise IntegrityError(f"{deb.name} has sha256 {actual}, expected {DEB_SHA256}")
         files = idx_files_from_deb(deb)
         for name in names:
-            _store(cache, name, files[name], f"{deb.name} (inflated)")
+            _files().store(cache, name, files[name], f"{deb.name} (inflated)")
 
 
 # --- fetch -----------------------------------------------------------------------------
@@ -200,39 +137,17 @@ def _from_debian(cache: Path, names: Iterable[str]) -> None:
 def fetch(cache_dir: Path | None = None, *, mirrors: Sequence[str] = MIRRORS, debian: bool = True) -> Path:
     """Make the cache hold all four verified IDX files; return the cache folder.
 
-    Files already present and matching their pins are kept; each source is tried in
-    turn for the files still missing. ``OfflineError`` under ``ZOO_OFFLINE`` if
-    anything is missing; one ``ZooError`` listing every source's failure if none
-    completes the cache.
+    Sources, tried in order for the files still missing: the mirrors, then Debian's
+    package. See ``IdxFiles.fetch`` for what is kept and what is raised.
     """
     cache = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    missing = _missing(cache)
-    if not missing:
-        return cache
-    sources = [(f"mirror {base}", partial(_from_mirror, base, cache)) for base in mirrors]
+    files = _files()
+    sources = files.mirror_sources(cache, mirrors)
     if debian:
         sources.append((f"Debian package {DEB_PACKAGE} {DEB_VERSION}", partial(_from_debian, cache)))
-    if env.offline():
-        raise OfflineError(
-            f"ZOO_OFFLINE is set; {NAME} needs {', '.join(missing)}; run `zoo data fetch {NAME}` with network access first"
-        )
-    cache.mkdir(parents=True, exist_ok=True)
-    failures = []
-    for label, source in sources:
-        try:
-            source(missing)
-        except ZooError as error:
-            failures.append(f"{label}: {error}")
-        missing = _missing(cache)
-        if not missing:
-            return cache
-    raise ZooError(f"could not fetch {NAME} into {cache}; " + ("; ".join(failures) or "no sources configured"))
+    return files.fetch(cache, sources)
 
 
 def synthetic(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """``n`` random images and labels with the real data's keys, shapes and dtypes."""
-    rng = np.random.default_rng(seed)
-    return {
-        "image": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-        "label": rng.integers(0, len(CLASSES), n).astype(np.int32),
-    }
+    return _files().synthetic(n, seed)

