@@ -211,7 +211,7 @@ def sample(name_or_path: str | Path, n: int = 16, *, seed: int = 0, **options: A
 
 
 def predict(name_or_path: str | Path, inputs: Any, **options: Any) -> Any:
-    """Class probabilities ``(N, K)`` from a pretrained model or workdir (see ``LoadedModel.predict``)."""
+    """Class probabilities ``(N, K)`` (or ranked candidates) from a pretrained model or workdir (see ``LoadedModel.predict``)."""
     return load(name_or_path).predict(inputs, **options)
 
 

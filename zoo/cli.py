@@ -256,13 +256,13 @@ def _attack(attack: str | None, eps: float, attack_steps: int, step_size: float 
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="An image (PNG, JPEG...), a .npy array (one example or a batch) or a .txt text; repeatable.",
 )  # fmt: skip
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="How many classes per input.")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="How many classes per input (candidates per slot).")
 @click.option("--option", "predict_options", multiple=True, metavar="KEY=VALUE", help="Plugin predict option.")
 @_attack_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="With --attack: PNG of original | adversarial | perturbation.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def predict(name: str, inputs: tuple[Path, ...], top: int, predict_options, out: Path | None, as_json: bool, **attack_settings) -> None:
-    """Classify input files with a pretrained model NAME or a training WORKDIR."""
+    """Classify input files (or fill masks in texts) with a pretrained model NAME or a training WORKDIR."""
     from zoo import prediction
 
     attack = _attack(**attack_settings)
@@ -274,7 +274,20 @@ def predict(name: str, inputs: tuple[Path, ...], top: int, predict_options, out:
     declared = model.dataset_declaration
     batch, labels = prediction.read_files(inputs, declared and declared.image_shape)
     options = parse_assignments(predict_options)
-    ranked = prediction.top_classes(model.predict(batch, **options), model.classes, top)
+    result = model.predict(batch, **options)
+    if prediction.is_ranked(result):  # per input, slots of candidates (a fill-mask model: one slot per [MASK])
+        if attack is not None:
+            raise UsageError("--attack perturbs images and ranks classes; this model answers with ranked candidates")
+        slots = prediction.top_candidates(result, top)
+        rows = [{"input": label, "slots": found} for label, found in zip(labels, slots, strict=True)]
+        if as_json:
+            _emit_json(rows)
+            return
+        for row in rows:
+            for i, candidates in enumerate(row["slots"]):
+                click.echo(f"{row['input']} #{i + 1}: {prediction.describe_slot(candidates)}")
+        return
+    ranked = prediction.top_classes(result, model.classes, top)
     rows = [{"input": label, "top": best} for label, best in zip(labels, ranked, strict=True)]
     if attack is not None:
         adversarial = _attacked_inputs(model, batch, attack)

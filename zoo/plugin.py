@@ -34,6 +34,10 @@ The callables are ``"module:attribute"`` references resolved on first use, so
   for images (the shape the training dataset's ``image_shape`` declares), or
   ``list[str]`` for texts; column ``k`` is the dataset's ``classes[k]``. For
   discriminative models. A plugin has ``sample``, ``predict`` or both.
+  Or (API 1.2) ranked candidates, for answers that are not one distribution over
+  the dataset's classes: a list with one entry per input, each a list of *slots*
+  (the places the model answers for: every ``[MASK]`` of a text, say), each slot a
+  non-empty list of ``{"label": str, "probability": float, ...}`` best first.
 - ``evaluate(model, data: dict[str, np.ndarray]) -> dict[str, float]`` on a
   dataset split as ``zoo.data.load`` returns it.
 
@@ -50,7 +54,8 @@ A new major breaks plugins (a zoo refuses every other major); a new minor only
 adds, so a plugin written for 1.0 works unchanged on every 1.x. A plugin declares
 the minor whose additions it uses, and a zoo older than that refuses it with a
 line saying to upgrade. Minor 1 added ``predict`` and made ``sample`` optional:
-a plugin using them declares ``api=(1, 1)``. (A zoo that predates a field cannot
+a plugin using them declares ``api=(1, 1)``. Minor 2 added ranked candidates as a
+``predict`` result: ``api=(1, 2)``. (A zoo that predates a field cannot
 even construct a ``Plugin`` passing it; discovery reports that TypeError with the
 same advice to upgrade.)
 """
@@ -69,8 +74,8 @@ from zoo.refs import Ref as Ref
 API_VERSION = 1
 """Major version of this contract. A plugin built for another major is refused."""
 
-API_MINOR = 1
-"""Minor version of this contract: 1 added ``predict``. A plugin needing a later minor is refused."""
+API_MINOR = 2
+"""Minor version of this contract: 1 added ``predict``, 2 its ranked candidates. A plugin needing a later minor is refused."""
 
 _REFS = ("config", "build", "train", "sample", "evaluate", "predict")
 _OPTIONAL_REFS = ("sample", "evaluate", "predict")
@@ -133,10 +138,32 @@ def check_samples(result: Any, model: Any = None, key: Any = None, n: int | None
     return images
 
 
+def check_ranked(result: list, inputs: Any = None) -> list:
+    """Ranked candidates: per input a list of slots, each a non-empty list of ``{"label", "probability"}`` best first."""
+    if inputs is not None and len(result) != len(inputs):
+        raise ValueError(f"{len(result)} ranked results for {len(inputs)} inputs")
+    for i, slots in enumerate(result):
+        if not isinstance(slots, list) or not all(isinstance(slot, list) and slot for slot in slots):
+            raise ValueError(f"ranked result {i}: not a list of slots, each a non-empty list of candidates")
+        for j, slot in enumerate(slots):
+            where = f"ranked result {i}, slot {j}"
+            if not all(isinstance(c, Mapping) and isinstance(c.get("label"), str) for c in slot):
+                raise ValueError(f"{where}: a candidate is not a dict with a str 'label'")
+            chances = [_metric("probability", c.get("probability")) for c in slot]
+            if min(chances) < 0 or max(chances) > 1 or sum(chances) > 1 + 1e-4:
+                raise ValueError(f"{where}: probabilities {chances} outside [0, 1] or summing past 1")
+            if any(a < b for a, b in zip(chances, chances[1:])):
+                raise ValueError(f"{where}: candidates not ranked best first ({chances})")
+    return result
+
+
 def check_predictions(result: Any, model: Any = None, inputs: Any = None, **_: Any) -> Any:
-    """``predict``'s result: probabilities ``(N, K)`` in [0, 1], one row per input, as a numpy array."""
+    """``predict``'s result: probabilities ``(N, K)`` in [0, 1], one row per input, as a numpy array;
+    or ranked candidates (a list, see ``check_ranked``) as they are."""
     import numpy as np
 
+    if isinstance(result, list):
+        return check_ranked(result, inputs)
     probabilities = np.asarray(result)
     if probabilities.ndim != 2 or probabilities.dtype.kind not in "fiu":
         raise ValueError(f"{probabilities.dtype} {probabilities.shape}, not probabilities (N, classes)")

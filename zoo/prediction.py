@@ -1,4 +1,4 @@
-"""Around a plugin's ``predict``: inputs in (arrays, texts, files), ranked classes out.
+"""Around a plugin's ``predict``: inputs in (arrays, texts, files), ranked classes (or candidates) out.
 
 What reaches ``predict(model, inputs)`` is float32 ``(N, H, W, C)`` in [0, 1]
 for images, ``(H, W, C)`` being the training dataset's ``image_shape`` when it
@@ -104,3 +104,18 @@ def top_classes(probabilities: np.ndarray, classes: Sequence[str], k: int) -> li
             [{"class": classes[i] if i < len(classes) else str(i), "index": int(i), "probability": float(row[i])} for i in order]
         )
     return ranked
+
+
+def is_ranked(result: Any) -> bool:
+    """Whether ``predict`` answered with ranked candidates (API 1.2: per input, slots of candidates), not ``(N, K)``."""
+    return isinstance(result, list)
+
+
+def top_candidates(result: list, k: int) -> list[list[list[dict[str, Any]]]]:
+    """Ranked candidates cut to the ``k`` best of each slot."""
+    return [[list(slot[:k]) for slot in slots] for slots in result]
+
+
+def describe_slot(candidates: Sequence[dict[str, Any]]) -> str:
+    """``'not' 0.412, 'the' 0.103``: labels quoted, since their spaces matter (a word start, a continuation)."""
+    return ", ".join(f"{c['label']!r} {c['probability']:.3f}" for c in candidates)

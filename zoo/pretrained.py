@@ -62,6 +62,9 @@ class LoadedModel:
     def predict(self, inputs: Any, **options: Any) -> Any:
         """Class probabilities ``np.ndarray (N, K)``; column ``k`` is ``self.classes[k]`` when the dataset names it.
 
+        Or, from a plugin of API 1.2 that answers so, ranked candidates: per input a list
+        of slots, each a list of ``{"label", "probability", ...}`` best first.
+
         ``inputs``: images ``(N, H, W, C)`` or one ``(H, W, C)``, float in [0, 1] or
         uint8 (the shape the training dataset declares), or a list of texts.
         """

@@ -32,7 +32,7 @@ def make(**overrides) -> Plugin:
 
 def test_public_names():
     assert zoo.Plugin is Plugin and zoo.API_VERSION == API_VERSION == 1
-    assert zoo.API_MINOR == API_MINOR == 1
+    assert zoo.API_MINOR == API_MINOR == 2
 
 
 def test_versions_a_plugin_may_declare():
@@ -61,7 +61,7 @@ def test_plugin_is_frozen():
     [
         ({"api": 2}, "targets plugin API 2"),
         ({"api": (2, 0)}, "targets plugin API (2, 0)"),
-        ({"api": (1, 2)}, "needs plugin API 1.2, this zoo speaks 1.1; upgrade flax-zoo"),
+        ({"api": (1, 3)}, "needs plugin API 1.3, this zoo speaks 1.2; upgrade flax-zoo"),
         ({"api": (1,)}, "targets plugin API (1,)"),
         ({"api": True}, "targets plugin API True"),
         ({"sample": None}, "needs sample (generative), predict (discriminative) or both"),
@@ -265,10 +265,27 @@ def test_predictions_are_checked():
         (probabilities[0], "not probabilities (N, classes)"),
         (probabilities[:1], "1 rows for 2 inputs"),
         (probabilities * 2, "outside [0, 1]"),
-        ([["cat", "dog"]] * 2, "not probabilities (N, classes)"),
+        ([["cat", "dog"]] * 2, "not a list of slots"),  # a list is ranked candidates (API 1.2), and these are not
     ]:
         with pytest.raises(ValueError, match=re_escape(needle)):
             check_predictions(result, None, ["text one", "text two"])
+
+
+def test_check_predictions_takes_ranked_candidates():
+    """API 1.2: per input, slots (a fill-mask model: one per [MASK]) of candidates ranked best first."""
+    good = [[[{"label": " not", "probability": 0.5}, {"label": " so", "probability": 0.25}]], []]
+    assert check_predictions(good, None, ["a [MASK] b", "no slot here"]) is good
+    slot = good[0][0]
+    for result, needle in [
+        (good[:1], "1 ranked results for 2 inputs"),
+        ([[[]], []], "not a list of slots, each a non-empty list"),
+        ([[[{"label": 3, "probability": 0.5}]], []], "not a dict with a str 'label'"),
+        ([[slot[::-1]], []], "not ranked best first"),
+        ([[[{"label": "x", "probability": 0.7}] * 2], []], "summing past 1"),
+        ([[[{"label": "x", "probability": float("nan")}]], []], "not a finite number"),
+    ]:
+        with pytest.raises(ValueError, match=re_escape(needle)):
+            check_predictions(result, None, ["a [MASK] b", "no slot here"])
 
 
 def re_escape(text: str) -> str:
