@@ -50,9 +50,9 @@ def train(run: training.Run) -> training.TrainResult:
     return run.fit(OBJECTIVE)
 
 
-QUALITY_CLASSIFIER = "mlp-mnist"
-"""Whose features FID-MNIST uses (its penultimate layer): one of our MNIST classifiers, not Inception;
-the VAE plugin uses the same, so the cards compare on one scale."""
+QUALITY_CLASSIFIER = "cnn-mnist"
+"""Whose features FID-MNIST uses (the residual CNN's pooled last stage, 99.3% accurate): our own MNIST
+classifier, not Inception; the VAE plugin uses the same, so the cards compare on one scale."""
 EVAL_SEED = 0
 
 

@@ -81,8 +81,8 @@ def evaluate(model: VAE, data: Mapping[str, np.ndarray]) -> dict[str, float]:
     return {"neg_elbo": (recon + kl) / n, "recon": recon / n, "kl": kl / n} | sample_quality_metrics(model, data)
 
 
-QUALITY_CLASSIFIER = "mlp-mnist"
-"""Whose features FID-MNIST uses: one of our MNIST classifiers (not Inception); the GAN uses the same."""
+QUALITY_CLASSIFIER = "cnn-mnist"
+"""Whose features FID-MNIST uses: our residual MNIST classifier (not Inception); the GAN uses the same."""
 
 
 def sample_quality_metrics(model: VAE, data: Mapping[str, np.ndarray]) -> dict[str, float]:

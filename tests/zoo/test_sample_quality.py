@@ -88,16 +88,16 @@ def test_a_classifier_without_features_is_one_clear_error():
 @pytest.mark.mnist
 @pytest.mark.slow
 def test_fid_mnist_is_zero_for_the_same_digits_and_large_for_noise():
-    """mlp-mnist features (the cards' FID-MNIST): the same set is 0, two halves of the test set are
-    close (21.9 measured), uniform noise is far (514 measured)."""
+    """cnn-mnist features (the cards' FID-MNIST): the same set is 0, two halves of the test set are
+    close, uniform noise is far (the measured numbers are on dcgan-mnist's card)."""
     from zoo import data
 
     test = data.load("mnist", "test")["image"].astype(np.float32) / 255.0
     a, b = test[:5000], test[5000:]
     noise = np.random.default_rng(0).random(a.shape).astype(np.float32)
-    same = sq.measure("mlp-mnist", a, a)
-    halves = sq.measure("mlp-mnist", a, b)
-    to_noise = sq.measure("mlp-mnist", a, noise)
+    same = sq.measure("cnn-mnist", a, a)
+    halves = sq.measure("cnn-mnist", a, b)
+    to_noise = sq.measure("cnn-mnist", a, noise)
     assert same["frechet_distance"] == pytest.approx(0.0, abs=1e-3)
     assert to_noise["frechet_distance"] > 10 * halves["frechet_distance"]
     assert halves["class_entropy"] > 0.99 * np.log(10)  # test digits cover the 10 classes about evenly
