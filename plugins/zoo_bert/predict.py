@@ -69,8 +69,7 @@ def predict(model: nnx.Module, inputs: Any, *, candidates: int = 10) -> list[lis
         for position in np.flatnonzero(ids == MASK):
             p = probabilities[row, position, NUM_SPECIAL:vocab]  # ranked among the ordinary tokens only
             best = np.argsort(-p, kind="stable")[:candidates]
-            slots.append(
-                [{"label": tokenizer.decode([int(i) + NUM_SPECIAL]), "index": int(i) + NUM_SPECIAL, "probability": float(p[i])} for i in best]
-            )
+            ids = [int(i) + NUM_SPECIAL for i in best]
+            slots.append([{"label": tokenizer.decode([i]), "index": i, "probability": float(p[i - NUM_SPECIAL])} for i in ids])
         results.append(slots)
     return results

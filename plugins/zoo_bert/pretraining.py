@@ -117,7 +117,8 @@ def mask_tokens(tokens: jax.Array, candidates: jax.Array, key: jax.Array, vocab:
     targets = jnp.take_along_axis(tokens, positions, axis=1)
     kind = jax.random.uniform(k_kind, (batch, slots))
     random_tokens = jax.random.randint(k_random, (batch, slots), NUM_SPECIAL, max(vocab, NUM_SPECIAL + 1))
-    replaced = jnp.where(kind < MASK_TOKEN_SHARE, MASK, jnp.where(kind < MASK_TOKEN_SHARE + RANDOM_TOKEN_SHARE, random_tokens, targets))
+    random_or_kept = jnp.where(kind < MASK_TOKEN_SHARE + RANDOM_TOKEN_SHARE, random_tokens, targets)
+    replaced = jnp.where(kind < MASK_TOKEN_SHARE, MASK, random_or_kept)
     replaced = jnp.where(weights, replaced, targets)  # filler slots write back what was there
     rows = jnp.arange(batch)[:, None]
     return Masked(tokens.at[rows, positions].set(replaced), positions.astype(jnp.int32), targets, weights.astype(jnp.float32))

@@ -52,7 +52,8 @@ def train(texts: Sequence[str], vocab_size: int):
 
 def window_texts(data: Mapping[str, np.ndarray]) -> list[str]:
     """The valid part of each byte window (``{"text": uint8 (N, W), "length": (N,)}``) as text."""
-    return [bytes(row[:n]).decode("utf-8", errors="replace") for row, n in zip(np.asarray(data["text"]), np.asarray(data["length"]))]
+    rows, lengths = np.asarray(data["text"]), np.asarray(data["length"])
+    return [bytes(row[:n]).decode("utf-8", errors="replace") for row, n in zip(rows, lengths)]
 
 
 def tokenize_windows(tokenizer, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
