@@ -90,18 +90,24 @@ def info(name: str) -> ModelInfo:
 
 
 def build(plugin: str, variant: str | None = None, *, seed: int = 0, **overrides: Any) -> Any:
-    """A freshly initialised ``nnx.Module`` of ``plugin`` (single device, unsharded)."""
+    """A freshly initialised ``nnx.Module`` of ``plugin`` (single device, unsharded).
+
+    Initialised from the same ``init`` random stream as ``zoo train --seed SEED``, so
+    it equals that run's model before its first step.
+    """
     p = registry.get_plugin(plugin)  # an unknown name fails before jax is imported
 
     from flax import nnx
 
     from zoo import memory
     from zoo.config import make_config
+    from zoo.training.config import random_stream
 
     config = make_config(p, variant, overrides)
+    make = lambda: p.resolve("build")(config, nnx.Rngs(random_stream(seed, "init")))  # noqa: E731
     with nnx.use_eager_sharding(False):
-        memory.check_parameters(nnx.state(nnx.eval_shape(lambda: p.resolve("build")(config, nnx.Rngs(seed)))), plugin)
-        return p.resolve("build")(config, nnx.Rngs(seed))
+        memory.check_parameters(nnx.state(nnx.eval_shape(make)), plugin)
+        return make()
 
 
 def _split_settings(config_cls: type, train_cls: type, settings: Mapping[str, Any]) -> tuple[dict, dict]:

@@ -28,6 +28,7 @@ import zoo.data
 from zoo import registry
 from zoo.data import Dataset, builtins, mnist
 from zoo.errors import OfflineError, UnknownName
+from zoo.plugin import API_MINOR, API_VERSION
 from zoo.refs import PluginError
 from zoo.registry import BrokenPlugin
 
@@ -58,7 +59,7 @@ def test_a_well_formed_dataset_has_no_problems():
     ("overrides", "needle"),
     [
         ({"api": 2}, "targets plugin API 2"),
-        ({"api": (1, 99)}, "needs plugin API 1.99, this zoo speaks 1.1; upgrade flax-zoo"),
+        ({"api": (1, 99)}, f"needs plugin API 1.99, this zoo speaks {API_VERSION}.{API_MINOR}; upgrade flax-zoo"),
         ({"name": ""}, "name must be a non-empty string"),
         ({"splits": ()}, "splits must be a non-empty tuple"),
         ({"splits": "train"}, "splits must be a non-empty tuple"),
