@@ -142,6 +142,8 @@ def recipe(meta: Mapping[str, Any], config_changes: Mapping[str, Any]) -> str:
     for field, flag in RECIPE_FLAGS.items():
         if train.get(field) is not None:
             args += [flag, str(train[field])]
+    if meta.get("init_from"):  # started from pretrained weights: part of the recipe
+        args += ["--init-from", str(meta["init_from"])]
     if isinstance(meta.get("mesh"), Mapping) and meta["mesh"]:
         args += ["--mesh", ",".join(f"{axis}={n}" for axis, n in meta["mesh"].items())]
     for field, value in config_changes.items():

@@ -107,3 +107,17 @@ def test_build_with_a_seed_is_the_model_a_run_with_that_seed_starts_from(tmp_pat
     for path in built:
         np.testing.assert_allclose(started[path], built[path], rtol=0, atol=1e-6, err_msg=path)
     assert not np.allclose(other["encoder/hidden/kernel"], built["encoder/hidden/kernel"])
+
+
+def test_a_run_started_from_pretrained_weights_records_them_and_its_recipe_says_so(tmp_path):
+    import json
+
+    from zoo import publish
+
+    data = zoo.data.synthetic("mnist", 64)
+    zoo.train("vae", workdir=tmp_path, init_from="vae-mnist", train_data=data, eval_data=data, **TINY)
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert meta["init_from"] == "vae-mnist"
+    assert "--init-from vae-mnist" in publish.recipe(meta, {})
+    with pytest.raises(zoo.UsageError, match="init_from: workdir 'vae-mnist', now None"):  # not the same run
+        zoo.train("vae", workdir=tmp_path, train_data=data, eval_data=data, **(TINY | {"steps": 2}))

@@ -83,6 +83,7 @@ class Run:
             "variant": self.variant,
             "config": config_to_dict(self.config),
             "dataset": self.dataset,
+            "init_from": None if self.init_from is None else str(self.init_from),  # the weights it started from
             "train": config_to_dict(self.train) | {"schedule_steps": self.train.horizon if self.train.schedule == "cosine" else None},
         }
 
