@@ -368,15 +368,16 @@ def test_resuming_from_a_step_with_unusable_metadata_is_one_line(tmp_path, tiny_
 
 SAVE_FOREVER = textwrap.dedent(
     """
-    import sys
+    import signal, sys
     from pathlib import Path
     import numpy as np
     from zoo import checkpoint
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (a background job)
     tree = {f"w{i}": np.random.default_rng(i).standard_normal((1024, 1024)).astype(np.float32) for i in range(24)}
     checkpoint.save(Path(sys.argv[1]) / "warm", {"model": {"w": np.ones(3, np.float32)}}, {}, portable=True)  # imports
     print("READY", flush=True)
     try:
-        for i in range(1000):
+        for i in range(30):  # about a minute of saves: bounded, should the interrupt never come
             checkpoint.save(Path(sys.argv[1]) / str(i), {"model": tree}, {"step": i}, portable=sys.argv[2] == "portable")
     except KeyboardInterrupt:
         print("INTERRUPTED", flush=True)
