@@ -30,19 +30,25 @@ DRIVER = """
 import os, sys, time
 import zoo.data
 data = zoo.data.synthetic("mnist", {n})
-zoo.data.load = lambda name, split="train": data  # offline: synthetic images in place of MNIST
 delay = float(os.environ.get("ZOO_TEST_BATCH_DELAY", "0"))
-if delay:  # slow the loader so a signal can land mid-run
-    from zoo.data import loader
-    _next = loader.ArrayLoader.__next__
-    def slow(self):
-        time.sleep(delay)
-        return _next(self)
-    loader.ArrayLoader.__next__ = slow
+def load(name, split="train"):  # offline: synthetic images in place of MNIST
+    if delay and not hasattr(load, "slowed"):  # slow the loader so a signal can land mid-run
+        # patched here, not at the top: the loader imports JAX, and `zoo train` loads no JAX
+        # before its signal handlers are in; a driver that did would test another start-up
+        from zoo.data import loader
+        _next = loader.ArrayLoader.__next__
+        def slow(self):
+            time.sleep(delay)
+            return _next(self)
+        loader.ArrayLoader.__next__ = slow
+        load.slowed = True
+    return data
+zoo.data.load = load
 if os.environ.get("ZOO_TEST_SIGNAL_AT_EXIT"):  # another process's Ctrl-C landing during the exit
     import atexit, signal
     atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))
 from zoo.cli import main
+assert "jax" not in sys.modules, "the driver must start `zoo train` as the CLI does, with no JAX loaded"
 main(sys.argv[1:])
 """.format(n=N)
 
