@@ -128,23 +128,31 @@ def evaluate(
       "robust_accuracy"}, all floats; accuracies are fractions in [0, 1].
     """
     images, labels = np.asarray(to_unit(data[IMAGE_KEY])), np.asarray(data[LABEL_KEY]).astype(np.int32)
-    logits = _batched_logits(model, images)
-    k = num_classes or logits.shape[-1]
-    predicted = logits.argmax(-1)
-    loss = optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits), jnp.asarray(labels)).mean()
-    confusion = np.zeros((k, k), np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    metrics = {"accuracy": float(np.mean(predicted == labels)), "loss": float(loss)}
-    for c in range(k):
-        if confusion[c].sum():  # a class with no examples has no accuracy
-            metrics[f"accuracy/{c}"] = float(confusion[c, c] / confusion[c].sum())
-    metrics |= {f"confusion/{t}/{p}": float(confusion[t, p]) for t in range(k) for p in range(k)}
+    metrics = label_metrics(_batched_logits(model, images), labels, num_classes)
     if attack is None and robust_examples:
         attack, images, labels = CARD_ATTACK, images[:robust_examples], labels[:robust_examples]
     if attack is not None:
         adversarial = _attacked(model, images, labels, attack)
         metrics["robust_accuracy"] = float(np.mean(_batched_logits(model, adversarial).argmax(-1) == labels))
     return metrics
+
+
+def label_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> dict[str, float]:
+    """``accuracy``, ``loss``, ``accuracy/<k>`` and ``confusion/<t>/<p>`` of logits ``(N, K)`` against int labels ``(N,)``.
+
+    For any classifier, of images or not; ``num_classes`` sizes the confusion matrix (default K).
+    """
+    labels = np.asarray(labels).astype(np.int32)
+    k = num_classes or logits.shape[-1]
+    predicted = logits.argmax(-1)
+    loss = optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits, jnp.float32), jnp.asarray(labels)).mean()
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    metrics = {"accuracy": float(np.mean(predicted == labels)), "loss": float(loss)}
+    for c in range(k):
+        if confusion[c].sum():  # a class with no examples has no accuracy
+            metrics[f"accuracy/{c}"] = float(confusion[c, c] / confusion[c].sum())
+    return metrics | {f"confusion/{t}/{p}": float(confusion[t, p]) for t in range(k) for p in range(k)}
 
 
 CONFUSION_KEY = re.compile(r"^confusion/(\d+)/(\d+)$")

@@ -18,11 +18,14 @@ signal and stalled at unigram predictions; with it, the stream starts at unit
 scale. The dense layers keep BERT's biases, so ``bert-base`` has BERT-base's
 parameter count plus the final LayerNorm (1,536).
 
-Heads (Devlin et al., 2019): masked LM = dense + GELU + LayerNorm, then the tied
+Heads (Devlin et al., 2019), for pretraining (``num_classes = 0``): masked LM = dense + GELU + LayerNorm, then the tied
 token embedding plus a per-token bias; only the masked positions go through it
 (about 15% of them: the vocabulary projection is the costliest matmul otherwise).
 Next-sentence prediction = the pooler (dense + tanh on the ``[CLS]`` state) and a
-two-way classifier (0: B is a random segment, 1: B continues A).
+two-way classifier (0: B is a random segment, 1: B continues A). For fine-tuning
+(``num_classes = K``, the ``bert-classifier`` plugin) a K-way ``classifier`` on the
+pooler takes their place: ``--init-from`` a pretrained model restores the encoder and
+the pooler, and re-initialises ``classifier`` (the plugin declares it replaceable).
 
 Initialisation is GPT-2's (N(0, 0.02), residual-writing projections scaled by
 ``1 / sqrt(2 * layers)``), which suits pre-norm; BERT used a truncated N(0, 0.02).
@@ -62,6 +65,7 @@ class BertConfig:
     segments: int = 2  # token-type ids: A and B
     dropout: float = 0.0  # BERT's 0.1 regularises long runs; a CPU-budget run underfits, so off by default
     tokenizer_capacity: int = 1 << 18  # bytes reserved for the tokenizer's JSON (4096 tokens take about 104 kB)
+    num_classes: int = 0  # 0: the pretraining heads (masked LM + NSP); K >= 2: a K-way classifier instead
 
     def __post_init__(self):
         if min(self.vocab_size, self.context, self.layers, self.width, self.heads, self.mlp_ratio, self.segments) < 1:
@@ -74,6 +78,8 @@ class BertConfig:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
         if self.tokenizer_capacity < 1:
             raise ValueError("tokenizer_capacity must be positive")
+        if self.num_classes < 0 or self.num_classes == 1:
+            raise ValueError(f"num_classes must be 0 (pretraining heads) or at least 2; got {self.num_classes}")
 
     @property
     def head_width(self) -> int:
@@ -183,11 +189,16 @@ class Bert(nnx.Module):
         self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
         self.final_norm = _layer_norm(cfg.width, rngs)
         self.dropout = nnx.Dropout(cfg.dropout)
-        self.mlm_transform = Dense(cfg.width, cfg.width, rngs)
-        self.mlm_norm = _layer_norm(cfg.width, rngs)
-        self.mlm_bias = _zeros((cfg.vocab_size,), ("vocab",))
+        # (the order of creation is the order of the random draws: kept as pretrained models had it)
+        if not cfg.num_classes:
+            self.mlm_transform = Dense(cfg.width, cfg.width, rngs)
+            self.mlm_norm = _layer_norm(cfg.width, rngs)
+            self.mlm_bias = _zeros((cfg.vocab_size,), ("vocab",))
         self.pooler = Dense(cfg.width, cfg.width, rngs)
-        self.nsp = Dense(cfg.width, NSP_CLASSES, rngs)
+        if cfg.num_classes:  # fine-tuning: the task head takes the pretraining heads' place
+            self.classifier = Dense(cfg.width, cfg.num_classes, rngs)
+        else:
+            self.nsp = Dense(cfg.width, NSP_CLASSES, rngs)
         self.tokenizer = TokenizerStore(cfg.tokenizer_capacity)
 
     def encode(
@@ -212,9 +223,23 @@ class Bert(nnx.Module):
         x = self.mlm_norm(jax.nn.gelu(self.mlm_transform(hidden), approximate=False))
         return x @ self.tokens[...].T + self.mlm_bias[...]
 
+    def pooled(self, hidden: jax.Array) -> jax.Array:
+        """The pooler's ``(B, D)``: dense + tanh on the ``[CLS]`` state (position 0) of ``(B, T, D)``."""
+        return jnp.tanh(self.pooler(hidden[:, 0]))
+
     def nsp_logits(self, hidden: jax.Array) -> jax.Array:
-        """Next-sentence logits ``(B, 2)`` from the ``[CLS]`` state (position 0) of ``(B, T, D)``."""
-        return self.nsp(jnp.tanh(self.pooler(hidden[:, 0])))
+        """Next-sentence logits ``(B, 2)`` from the hidden states ``(B, T, D)``."""
+        return self.nsp(self.pooled(hidden))
+
+    def classify(
+        self, tokens: jax.Array, segments: jax.Array, valid: jax.Array, *, train: bool = False, key: jax.Array | None = None
+    ) -> jax.Array:
+        """Class logits ``(B, num_classes)`` of a model built with ``num_classes``, as BERT fine-tunes:
+        the pooled ``[CLS]`` state, dropout when training, and the ``classifier`` head."""
+        pooled = self.pooled(self.encode(tokens, segments, valid, train=train, key=key))
+        if train and self.cfg.dropout > 0 and key is not None:
+            pooled = self.dropout(pooled, deterministic=False, rngs=nnx.Rngs(dropout=jax.random.fold_in(key, 1)))
+        return self.classifier(pooled)
 
     def __call__(
         self,

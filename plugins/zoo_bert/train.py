@@ -43,33 +43,43 @@ EVAL_BATCH = 64
 
 def train(run: training.Run) -> training.TrainResult:
     """Pretrain with masked LM + NSP on the run's dataset; the tokenizer goes into the model."""
+    if run.config.num_classes:
+        raise UsageError("bert pretrains (num_classes=0); a classifier is the bert-classifier plugin's")
     windows = run.data("train")
-    tokenizer = _run_tokenizer(run, windows)
-    tokens = bert_tokenizer.tokenize_windows(tokenizer, windows)
-    vocab = tokenizer.get_vocab_size()
-    if vocab > run.config.vocab_size:
+    tokenizer = run_tokenizer(run, windows)
+    run = with_tokenizer(run, tokenizer, bert_tokenizer.tokenize_windows(tokenizer, windows))
+    return run.fit(training.Loss(functools.partial(pretraining.pretraining_loss, vocab=tokenizer.get_vocab_size())))
+
+
+def run_tokenizer(run: training.Run, texts: Mapping[str, np.ndarray]):
+    """The ``--init-from`` model's tokenizer (its embeddings are indexed by its ids); else one trained on ``texts``.
+
+    ``texts``: byte windows ``{"text": uint8 (N, W), "length": (N,)}``.
+    """
+    if run.init_from:
+        from zoo import pretrained
+
+        tokenizer = bert_tokenizer.load(pretrained.load(run.init_from).model)
+    else:
+        tokenizer = bert_tokenizer.train(bert_tokenizer.window_texts(texts), run.config.vocab_size)
+    if (vocab := tokenizer.get_vocab_size()) > run.config.vocab_size:
         raise UsageError(f"the tokenizer has {vocab} tokens; the model's vocab_size is {run.config.vocab_size}")
+    return tokenizer
+
+
+def with_tokenizer(run: training.Run, tokenizer, train_data: Mapping[str, np.ndarray]) -> training.Run:
+    """``run`` building its model with ``tokenizer`` inside (so every checkpoint carries it), training on ``train_data``.
+
+    The loop builds the model through the plugin's ``build``; ``Plugin.build`` may be a
+    callable, so this run's plugin is the same plugin with a build that stores the tokenizer.
+    """
 
     def build_with_tokenizer(config, rngs: nnx.Rngs):
         model = build(config, rngs)
         bert_tokenizer.store(model, tokenizer)
         return model
 
-    # The loop builds the model through the plugin's build; this run's plugin builds it
-    # with the tokenizer inside (Plugin.build may be a callable), and trains on tokens.
-    run = dataclasses.replace(
-        run, plugin=dataclasses.replace(run.plugin, build=build_with_tokenizer), train_data=tokens
-    )
-    return run.fit(training.Loss(functools.partial(pretraining.pretraining_loss, vocab=vocab)))
-
-
-def _run_tokenizer(run: training.Run, windows: Mapping[str, np.ndarray]):
-    """The pretrained model's tokenizer with ``--init-from``; else one trained on ``windows``."""
-    if run.init_from:
-        from zoo import pretrained
-
-        return bert_tokenizer.load(pretrained.load(run.init_from).model)
-    return bert_tokenizer.train(bert_tokenizer.window_texts(windows), run.config.vocab_size)
+    return dataclasses.replace(run, plugin=dataclasses.replace(run.plugin, build=build_with_tokenizer), train_data=train_data)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
