@@ -193,7 +193,8 @@ class Plugin:
       datasets: names of ``zoo.data`` datasets it trains on; the first is the default.
       metric: ``(name, "min" | "max")`` of the ``evaluate`` metric that ranks checkpoints.
       replaceable: parameter path prefixes (``"head"``) that ``--init-from`` may
-        re-initialise when their shapes differ from the pretrained ones.
+        re-initialise when their shapes differ from the pretrained ones; with
+        ``train.freeze=backbone`` they are all that trains.
       catalog: a catalogue file of pretrained entries, relative to the folder of the
         module the entry point names (``zoo_vae`` in ``zoo_vae:plugin``).
     """

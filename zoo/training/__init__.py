@@ -24,7 +24,10 @@ Design:
 - A non-finite loss or gradient is recorded in the state (the first such step);
   the loop notices at its next sync point, stops, and never checkpoints past it.
 
-Modules: ``config`` (TrainConfig, make_optimizer), ``objectives`` (Loss, Group,
+- ``train.freeze`` moves frozen parameters out of the trained groups into the
+  state's ``rest``: no gradient, no optimizer state, bitwise unchanged (``freeze``).
+
+Modules: ``config`` (TrainConfig, make_optimizer), ``freeze`` (train.freeze), ``objectives`` (Loss, Group,
 Groups, CustomStep), ``model_def`` (ModelDef), ``state`` (TrainState,
 StepContext), ``step`` (make_train_step, fuse_steps), ``loop`` (Loop, fit,
 TrainResult, Interrupted, NonFiniteLoss), ``run`` (Run and run.json).

@@ -11,6 +11,7 @@ import optax
 
 from zoo.attacks import Attack
 from zoo.errors import UsageError
+from zoo.training import freeze
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,8 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per batch: the same mean gradient for less memory (a stochastic
     # loss draws its randomness per micro-batch, so it differs by sampling, not in expectation)
     ema_decay: float | None = None  # keep an exponential moving average of the parameters
+    freeze: str | None = None  # parameters that do not train: "backbone" (all but the plugin's replaceable head)
+    # or comma-separated path prefixes / globs ("blocks/*,tokens"); see zoo.training.freeze
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: compute in bf16, fp32 master weights
     steps_per_call: int = 1  # steps fused into one jitted call (lax.scan)
     checkpoint_every: int | None = None  # None: only at the end (and on Ctrl-C)
@@ -77,6 +80,8 @@ class TrainConfig:
                 raise UsageError(f"{name} ({value}) must be a positive multiple of steps_per_call ({k})")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise UsageError(f"ema_decay must be in (0, 1); got {self.ema_decay}")
+        if self.freeze is not None:
+            freeze.patterns(self.freeze)  # an empty pattern fails here; the model's paths are checked by Run.check
         self.adversarial_attack  # noqa: B018  an invalid eps or step count fails here, before anything compiles
 
     @property

@@ -19,9 +19,10 @@ from zoo import checkpoint, pretrained, sharding, stopping
 from zoo.data.loader import ArrayLoader, DeviceRows, Prefetcher, fits_on_devices
 from zoo.errors import UsageError, ZooError
 from zoo.reporting import MetricSums, Reporter
+from zoo.training import freeze
 from zoo.training.config import make_optimizer, random_stream
 from zoo.training.lock import workdir_lock
-from zoo.training.model_def import ModelDef
+from zoo.training.model_def import ModelDef, flatten
 from zoo.training.objectives import Objective, objective_groups
 from zoo.training.state import StepContext, TrainState, train_item, weights_for_use
 from zoo.training.step import loop_call, make_train_step
@@ -59,6 +60,7 @@ class Loop:
         self.model_def = ModelDef.create(run.build, self.mesh, [g.params for g in groups])
         if not any(self.model_def.groups):
             raise ZooError(f"plugin {run.plugin.name!r}: the objective's parameter filters select no parameters")
+        self.freeze_line = self._freeze(groups) if cfg.freeze else None
         self.ctx = StepContext(self.model_def, tuple(make_optimizer(cfg, g.learning_rate) for g in groups), cfg)
         self.state_shardings = self.ctx.state_shardings(self.mesh)
         self.replicated = sharding.replicated(self.mesh)
@@ -87,6 +89,25 @@ class Loop:
         self.saved_step = self.resumed_from
 
     # ------------------------------------------------------------------ state
+
+    def _freeze(self, groups: tuple) -> str:
+        """Apply ``train.freeze`` to the model's groups (``zoo.training.freeze``); returns the line announcing it.
+
+        Before the state exists: its groups, optimizer states and shardings are then made
+        without the frozen parameters, which live in ``rest``.
+        """
+        spec, model_def = self.cfg.freeze, self.model_def
+        frozen = freeze.frozen_paths(spec, model_def.trained, self.run.plugin)
+        emptied = [g.name for g, paths in zip(groups, model_def.groups) if paths and paths <= frozen]
+        if emptied:
+            raise UsageError(f"train.freeze={spec} freezes every parameter of group {', '.join(emptied)}; it would not train")
+        self.model_def = model_def.freeze(frozen)
+        sizes = {p: math.prod(leaf.shape) for p, leaf in flatten(model_def.abstract).items()}
+
+        def named(paths: frozenset) -> dict[str, int]:
+            return {freeze.path_name(p): sizes[p] for p in paths}
+
+        return freeze.describe(spec, named(frozen), named(self.model_def.trained))
 
     def _restore(self, step: int) -> TrainState:
         abstract_state = sharding.abstract(jax.eval_shape(self.ctx.init_state, self.model_def.abstract), self.state_shardings)
@@ -194,13 +215,18 @@ class Loop:
         return self._result()
 
     def _announce(self) -> None:
-        """Say (process 0, stderr) where a resumed run picks up, and when ``steps`` asks for nothing more."""
-        if jax.process_index() != 0 or self.resumed_from is None:
+        """Say (process 0, stderr) where a resumed run picks up, when ``steps`` asks for nothing more, and what is frozen."""
+        if jax.process_index() != 0:
             return
-        if self.step > self.cfg.steps:
+        if self.resumed_from is not None and self.step > self.cfg.steps:
             print(f"zoo: {self.run.workdir} is already at step {self.step}, past steps={self.cfg.steps}: nothing to train", file=sys.stderr)
-        elif self.run.progress:
+            return
+        if not self.run.progress:
+            return
+        if self.resumed_from is not None:
             print(f"resuming {self.run.workdir} from step {self.step} (to {self.cfg.steps})", file=sys.stderr)
+        if self.freeze_line:
+            print(self.freeze_line, file=sys.stderr)
 
     def _stop_if_agreed(self, requests: stopping.StopRequests) -> None:
         """Every process reads every process's stop flags here; if any is set, all save this step and stop."""

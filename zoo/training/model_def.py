@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx, traverse_util
 
 from zoo import memory, sharding
@@ -32,13 +33,15 @@ class ModelDef:
 
     Variables travel as pure nested dicts (``nnx.to_pure_dict``); ``groups[i]`` is
     the set of variable paths group ``i`` trains; every other variable (batch
-    statistics, frozen parameters) is "rest".
+    statistics, frozen parameters) is "rest". ``frozen`` names the parameters
+    ``train.freeze`` moved to the rest.
     """
 
     graphdef: Any
     abstract: dict  # pure dict of ShapeDtypeStruct
     shardings: dict  # pure dict of NamedSharding
     groups: tuple[frozenset, ...]
+    frozen: frozenset = frozenset()
 
     @classmethod
     def create(cls, build: Callable[[], nnx.Module], mesh: jax.sharding.Mesh, filters: Sequence[Any]) -> ModelDef:
@@ -59,8 +62,38 @@ class ModelDef:
         """All variables -> (one dict per group, the rest)."""
         flat = flatten(variables)
         parts = tuple(unflatten({p: flat[p] for p in paths}) for paths in self.groups)
-        claimed = frozenset().union(*self.groups)
+        claimed = self.trained
         return parts, unflatten({p: v for p, v in flat.items() if p not in claimed})
+
+    @property
+    def trained(self) -> frozenset:
+        """Every path some group trains."""
+        return frozenset().union(*self.groups)
+
+    def freeze(self, paths: frozenset) -> ModelDef:
+        """This model with ``paths`` moved out of every group into the rest, where nothing trains them.
+
+        No gradient, optimizer state or update then exists for them (``zoo.training.freeze``).
+        """
+        return dataclasses.replace(self, groups=tuple(g - paths for g in self.groups), frozen=self.frozen | paths)
+
+    def cast_frozen(self, rest: Mapping, dtype: Any) -> Mapping:
+        """``rest`` with its floating frozen parameters in ``dtype``: under bf16 they compute like trained ones."""
+        if not self.frozen:
+            return rest
+        flat = flatten(rest)
+        for p in self.frozen:
+            if jnp.issubdtype(flat[p].dtype, jnp.floating):
+                flat[p] = flat[p].astype(dtype)
+        return unflatten(flat)
+
+    def keep_frozen(self, new_rest: Mapping, old_rest: Mapping) -> Mapping:
+        """``new_rest`` (after a forward pass) with the frozen parameters of ``old_rest``: nothing writes them."""
+        if not self.frozen:
+            return new_rest
+        flat, old = flatten(new_rest), flatten(old_rest)
+        flat.update({p: old[p] for p in self.frozen})
+        return unflatten(flat)
 
     def combine(self, params: Sequence[Mapping], rest: Mapping) -> dict:
         flat = flatten(rest)

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 
 from zoo import checkpoint, pretrained, sharding
 from zoo.config import config_to_dict
@@ -23,6 +23,7 @@ from zoo.data.loader import ArrayLoader
 from zoo.download import atomic_write_bytes
 from zoo.errors import UsageError, ZooError
 from zoo.plugin import Plugin
+from zoo.training import freeze
 from zoo.training.config import TrainConfig, random_stream
 from zoo.training.loop import TrainResult, fit
 from zoo.training.objectives import Objective
@@ -105,12 +106,24 @@ class Run:
         micro = "micro-batch size" if cfg.grad_accum > 1 else "batch size"
         sharding.check_batch_size(cfg.batch_size // cfg.grad_accum, mesh, micro)
         self.check_resumable()
-        if self.init_from:
-            with nnx.use_eager_sharding(False):
-                abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(self.build)))
-            pretrained.check_init_from(self.init_from, self.plugin, abstract)
+        if self.init_from or self.train.freeze:
+            self._check_against_model()
         self._checked_mesh = mesh
         return mesh
+
+    def _check_against_model(self) -> None:
+        """``--init-from`` and ``train.freeze`` against the model's paths and shapes, built abstractly (no memory).
+
+        ``train.freeze`` is checked here over every ``nnx.Param``, so a typo is the core's usage
+        error, not one raised inside the plugin's train; the loop applies it to the trained groups.
+        """
+        with nnx.use_eager_sharding(False):
+            model = nnx.eval_shape(self.build)
+        if self.init_from:
+            pretrained.check_init_from(self.init_from, self.plugin, nnx.to_pure_dict(nnx.state(model)))
+        if self.train.freeze:
+            params = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+            freeze.frozen_paths(self.train.freeze, params, self.plugin)
 
     def check_resumable(self) -> None:
         """Refuse to resume a workdir whose newest checkpoint belongs to a different run.

@@ -42,15 +42,17 @@ def _loss_of_group(ctx: StepContext, state: TrainState, g: int, loss_fn: LossFn)
     compute_dtype = jnp.bfloat16 if ctx.config.precision == "bf16" else None
 
     def objective_of(params_g, rest, micro, micro_key):
-        params = replace_at(state.params, g, params_g)
+        params, rest_seen = replace_at(state.params, g, params_g), rest
         if compute_dtype is not None:
             params, micro = _cast_floating(params, compute_dtype), _cast_floating(micro, compute_dtype)
-        model = model_def.merge(model_def.combine(params, rest))
+            rest_seen = model_def.cast_frozen(rest, compute_dtype)
+        model = model_def.merge(model_def.combine(params, rest_seen))
         loss, metrics = _split_loss(loss_fn(model, micro, micro_key))
-        # The forward pass may update non-trained variables (BatchNorm statistics).
+        # The forward pass may update non-trained variables (BatchNorm statistics); never
+        # frozen parameters, which would otherwise come back rounded through bf16.
         _, new_rest = model_def.partition(nnx.to_pure_dict(nnx.state(model)))
         new_rest = jax.tree.map(lambda new, old: new.astype(old.dtype), new_rest, rest)
-        return loss, ({"loss": loss} | metrics, new_rest)
+        return loss, ({"loss": loss} | metrics, model_def.keep_frozen(new_rest, rest))
 
     return objective_of
 
