@@ -26,6 +26,13 @@ path, so the same weights give the same bytes on any machine and device count.
 No checkpoint keeps Orbax's ``commit_success.txt`` (it records the absolute
 folder) or ``_CHECKPOINT_METADATA`` (timestamps): restores never read them.
 
+A checkpoint whose meta says ``"weights_dtype": "bfloat16"`` (``zoo export
+--weights-dtype bfloat16``) stores its float32/float64 arrays in bfloat16, half
+the bytes (``narrow_weights``); integer and uint8 arrays are stored as they are.
+Restores widen them back to the model's dtypes, exactly (every bfloat16 is a
+float32): that widening is the one dtype difference the tree comparison
+accepts, and only for such checkpoints (the meta is sealed like the rest).
+
 Fetching a checkpoint from a URL (download, bounded extraction, the cache in
 ``$ZOO_HOME``) is ``zoo.remote``'s job; this module is the on-disk format.
 """
@@ -167,17 +174,24 @@ def tree_paths(tree: Any) -> dict[str, Any]:
     return {"/".join(name(k) for k in path): leaf for path, leaf in flat}
 
 
-def compare_trees(expected: Any, stored: Mapping[str, Any], where: str) -> None:
-    """Raise one CheckpointError listing every path whose presence or shape differs.
+def compare_trees(expected: Any, stored: Mapping[str, Any], where: str, weights_dtype: str | None = None) -> None:
+    """Raise one CheckpointError listing every path whose presence, shape or dtype differs.
 
     ``expected`` is an abstract target tree; ``stored`` maps paths to objects with
-    ``.shape`` (Orbax metadata).
+    ``.shape`` and ``.dtype`` (Orbax metadata). ``weights_dtype`` is the checkpoint's
+    ``meta["weights_dtype"]``: floats stored narrowed to it fit wider model floats
+    (``dtype_fits``).
     """
-    want = {p: tuple(x.shape) for p, x in tree_paths(expected).items()}
-    have = {p: tuple(x.shape) for p, x in stored.items()}
-    lines = [f"  {p}: model {want[p]}, checkpoint {have[p]}" for p in sorted(want.keys() & have.keys()) if want[p] != have[p]]
-    lines += [f"  {p}: model {want[p]}, checkpoint has no such parameter" for p in sorted(want.keys() - have.keys())]
-    lines += [f"  {p}: checkpoint {have[p]}, model has no such parameter" for p in sorted(have.keys() - want.keys())]
+    want, have = tree_paths(expected), dict(stored)
+    lines = []
+    for p in sorted(want.keys() & have.keys()):
+        model, saved = want[p], have[p]
+        if tuple(model.shape) != tuple(saved.shape):
+            lines.append(f"  {p}: model {tuple(model.shape)}, checkpoint {tuple(saved.shape)}")
+        elif not dtype_fits(model.dtype, saved.dtype, weights_dtype):
+            lines.append(f"  {p}: model {model.dtype}, checkpoint {saved.dtype}")
+    lines += [f"  {p}: model {tuple(want[p].shape)}, checkpoint has no such parameter" for p in sorted(want.keys() - have.keys())]
+    lines += [f"  {p}: checkpoint {tuple(have[p].shape)}, model has no such parameter" for p in sorted(have.keys() - want.keys())]
     if lines:
         raise CheckpointError(f"{where} does not fit the model ({len(lines)} difference(s)):\n" + "\n".join(lines))
 
@@ -392,9 +406,10 @@ def stored_tree(directory: Path, item: str) -> dict[str, Any]:
 def restore(
     directory: Path, targets: Mapping[str, Any], expected_sha256: str | None = None, *, verified: bool = False
 ) -> dict[str, Any]:
-    """Verify, compare shapes, then restore ``targets`` (item -> abstract tree) from ``directory``.
+    """Verify, compare shapes and dtypes, then restore ``targets`` (item -> abstract tree) from ``directory``.
 
-    Targets are trees of ``jax.ShapeDtypeStruct`` carrying the shardings wanted now.
+    Targets are trees of ``jax.ShapeDtypeStruct`` carrying the shardings wanted now;
+    the arrays come back in the targets' dtypes (narrowed weights widened back, exactly).
     ``verified=True`` skips hashing a folder the caller has just verified.
     """
     import orbax.checkpoint as ocp
@@ -402,8 +417,9 @@ def restore(
     directory = Path(directory).absolute()
     if not verified:
         verify(directory, expected_sha256)
+    narrowed = stored_weights_dtype(directory)
     for item, target in targets.items():
-        compare_trees(target, stored_tree(directory, item), f"checkpoint {directory} ({item})")
+        compare_trees(target, stored_tree(directory, item), f"checkpoint {directory} ({item})", narrowed)
     args = {item: ocp.args.StandardRestore(target) for item, target in targets.items()}
     checkpointer = _checkpointer()
     try:
@@ -412,6 +428,63 @@ def restore(
     finally:
         checkpointer.close()
     return {item: restored[item] for item in targets}
+
+
+# --------------------------------------------------------------------------- narrowed weights
+
+WEIGHTS_DTYPES = ("bfloat16",)
+"""What a checkpoint may store its floating weights in (``meta["weights_dtype"]``).
+bfloat16 has float32's exponent range, so narrowing never overflows, and widening back is exact."""
+
+
+def _is_wider_float(dtype: Any, than: Any) -> bool:
+    import jax.numpy as jnp
+
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize > jnp.dtype(than).itemsize
+
+
+def dtype_fits(model: Any, stored: Any, weights_dtype: str | None) -> bool:
+    """Whether an array stored as ``stored`` restores into a model variable of dtype ``model``.
+
+    The same dtype always fits; a float wider than ``weights_dtype`` (float32, float64)
+    also fits a stored ``weights_dtype``, when the checkpoint's meta names one.
+    """
+    import jax.numpy as jnp
+
+    if jnp.dtype(model) == jnp.dtype(stored):
+        return True
+    return weights_dtype is not None and jnp.dtype(stored) == jnp.dtype(weights_dtype) and _is_wider_float(model, stored)
+
+
+def narrow_weights(tree: Any, weights_dtype: str) -> Any:
+    """``tree`` as host arrays, every float wider than ``weights_dtype`` cast to it (what an export stores).
+
+    Integers, uint8 bytes and floats no wider stay as they are. The cast runs in
+    numpy (round to nearest even, subnormals kept): the bytes do not depend on a
+    device's float modes (XLA:CPU flushes subnormals to zero).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    narrow = jnp.dtype(weights_dtype)
+    host = _host_arrays(tree)
+    return jax.tree.map(lambda a: a.astype(narrow) if _is_wider_float(a.dtype, narrow) else a, host)
+
+
+def widen_weights(stored: Any, like: Any) -> Any:
+    """``stored`` (``narrow_weights`` of ``like``) as host arrays in ``like``'s dtypes: exactly what a restore gives."""
+    import jax
+    import numpy as np
+
+    return jax.tree.map(lambda s, x: np.asarray(s).astype(x.dtype), stored, like)
+
+
+def stored_weights_dtype(directory: Path) -> str | None:
+    """The ``weights_dtype`` a checkpoint's meta records (None: the model's own dtypes); CheckpointError if unknown."""
+    name = read_meta(directory).get("weights_dtype")
+    if name is not None and name not in WEIGHTS_DTYPES:
+        raise CheckpointError(f"{directory}: its weights are stored as {name!r}; this zoo loads {', '.join(WEIGHTS_DTYPES)}")
+    return name
 
 
 # --------------------------------------------------------------------------- steps of a training run

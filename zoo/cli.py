@@ -386,7 +386,11 @@ def verify(names: tuple[str, ...], everything: bool, as_json: bool, reproduce: b
 
 
 def _reproduce(names: tuple[str, ...]) -> None:
-    """Train each entry's recipe afresh (this CLI parses it) and compare the weights' params_digest, bitwise."""
+    """Train each entry's recipe afresh (this CLI parses it) and compare the weights' params_digest, bitwise.
+
+    The rerun's weights are rounded as the entry's checkpoint stores them (its meta's
+    ``weights_dtype``), as the export that made the card did.
+    """
     import tempfile
 
     from zoo import publish
@@ -397,10 +401,11 @@ def _reproduce(names: tuple[str, ...]) -> None:
         if entry.params_digest is None:
             raise UsageError(f"{name} has no params_digest in {entry.source}: nothing to compare a rerun with")
         args = publish.recipe_arguments(entry.recipe, f"{entry.source}: [models.{name}]")
+        weights_dtype = publish.card_weights_dtype(entry)  # a bfloat16 export's digest is of the rounded weights
         with tempfile.TemporaryDirectory(prefix="zoo-reproduce-") as tmp:
             click.echo(f"{name}: running {entry.recipe}", err=True)
             train.main(args=[*args, "--workdir", str(Path(tmp) / "run"), "--quiet"], prog_name="zoo train", standalone_mode=False)
-            digest = publish.weights_digest(Path(tmp) / "run")
+            digest = publish.weights_digest(Path(tmp) / "run", weights_dtype)
         same = digest == entry.params_digest
         click.echo(f"{name}: {'reproduced' if same else 'NOT REPRODUCED'} (params_digest {digest}, card {entry.params_digest})")
         if not same:
@@ -416,16 +421,29 @@ def _reproduce(names: tuple[str, ...]) -> None:
 @click.option("--license", "license_", default="unknown", show_default=True, help="The entry's license field.")
 @click.option("--description", help="The entry's one-line description.")
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
-def export(workdir: Path, destination: Path, archive: bool, license_: str, description: str | None, as_json: bool) -> None:
+@click.option(
+    "--weights-dtype",
+    metavar="DTYPE",
+    help="Store float32/float64 weights as DTYPE (bfloat16: half the bytes); loading casts them back. "
+    "Default: the model's own dtypes.",
+)
+def export(
+    workdir: Path, destination: Path, archive: bool, license_: str, description: str | None, as_json: bool, weights_dtype: str | None
+) -> None:
     """Write WORKDIR's weights as checkpoint NAME (a folder path; its last part names the entry).
 
     The bytes depend only on the weights. Prints a complete catalogue entry:
     sha256, params_digest, metrics measured now by the plugin's evaluate, and the recipe.
+
+    With --weights-dtype bfloat16 the float weights are stored in bfloat16 (integer
+    and byte variables as they are) and loaded back as float32, exactly; the metrics
+    and params_digest are those of the weights as loaded.
     """
     from zoo import publish
 
+    publish.check_weights_dtype(weights_dtype)  # before JAX loads: a typo costs nothing
     _quiet_jax_logs()
-    exported = publish.export(workdir, destination, archive=archive)
+    exported = publish.export(workdir, destination, archive=archive, weights_dtype=weights_dtype)
     if as_json:
         _emit_json(exported.entry(license_, description) | {"name": exported.name})
     else:

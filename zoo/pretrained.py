@@ -7,6 +7,10 @@ Three things can be loaded:
 - a training workdir: the newest verified step, EMA weights if the run kept them;
 - an exported checkpoint folder (what ``zoo.publish.export`` writes, with its ``meta``).
 
+A checkpoint exported with ``weights_dtype="bfloat16"`` loads (and ``init_from``
+restores) in the model's own dtypes: its bfloat16 weights come back as float32,
+exactly, so nothing downstream can tell, except by the values' rounding.
+
 Verification comes before any byte is restored, and the stored tree is compared
 with the model before Orbax sees it, so a corrupt or mismatched checkpoint is one
 clear error and nothing half-loaded.
@@ -195,19 +199,32 @@ def load(name_or_path: str | Path, *, overrides: Mapping[str, Any] | None = None
 def _init_from_plan(name_or_path: str | Path, plugin: Plugin, fresh: Mapping[str, Any]):
     """Which fresh variables (``{"a/b": array or ShapeDtypeStruct}``) a pretrained source restores.
 
+    A stored variable is restored when its path and shape match and its dtype fits
+    (``checkpoint.dtype_fits``: the same, or the bfloat16 weights of a checkpoint
+    exported with ``weights_dtype="bfloat16"`` into float32 ones).
     Returns ``(source, stored tree, kept paths, re-initialised paths)``; a variable that
     neither matches nor is declared replaceable by ``plugin`` is a UsageError listing all.
     """
     source = _resolve(name_or_path, None)
     stored = checkpoint.stored_tree(source.folder, source.item)
-    kept = {p for p, m in stored.items() if p in fresh and tuple(m.shape) == tuple(fresh[p].shape)}
+    narrowed = checkpoint.stored_weights_dtype(source.folder)
+
+    def difference(path: str) -> str | None:
+        want, have = fresh[path], stored.get(path)
+        if have is None or tuple(have.shape) != tuple(want.shape):
+            return f"model {tuple(want.shape)}, checkpoint {tuple(have.shape) if have is not None else 'nothing'}"
+        if not checkpoint.dtype_fits(want.dtype, have.dtype, narrowed):
+            return f"model {want.dtype}, checkpoint {have.dtype}"
+        return None
+
+    differences = {path: difference(path) for path in sorted(fresh)}
+    kept = {path for path, why in differences.items() if why is None}
     replaced, refused = [], []
     for path in sorted(set(fresh) - kept):
         if any(path == p or path.startswith(p + "/") for p in plugin.replaceable):
             replaced.append(path)
         else:
-            have = tuple(stored[path].shape) if path in stored else "nothing"
-            refused.append(f"  {path}: model {tuple(fresh[path].shape)}, checkpoint {have}")
+            refused.append(f"  {path}: {differences[path]}")
     if refused:
         raise UsageError(
             f"--init-from {name_or_path}: plugin {plugin.name!r} does not declare these replaceable:\n" + "\n".join(refused)
@@ -226,8 +243,9 @@ def check_init_from(name_or_path: str | Path, plugin: Plugin, abstract_variables
 def init_from(name_or_path: str | Path, plugin: Plugin, variables: Mapping) -> dict:
     """``variables`` (a fresh model's, pure nested dict) started from a pretrained model or a workdir.
 
-    Each stored variable whose path and shape match is restored straight into the
-    sharding of the fresh one it replaces (no full copy per device); the others
+    Each stored variable whose path, shape and dtype match is restored straight into the
+    sharding of the fresh one it replaces (no full copy per device), in the fresh
+    variable's dtype (stored bfloat16 weights widened back, exactly); the others
     must be ones ``plugin.replaceable`` declares, which keep their fresh values.
     Says on stderr what was re-initialised.
     """
