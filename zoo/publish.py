@@ -266,7 +266,7 @@ def export(
         raise UsageError(f"{destination} exists; refusing to overwrite")
     loaded = pretrained.load(Path(workdir))
     meta = checkpoint.read_meta(loaded.checkpoint, require=("plugin", "variant", "config", "dataset", "train"))
-    meta = {k: meta[k] for k in ("plugin", "variant", "config", "dataset", "train", "step", "mesh") if k in meta}
+    meta = {k: meta[k] for k in ("plugin", "variant", "config", "dataset", "train", "step", "mesh", "init_from") if k in meta}
     meta["weights"] = "ema" if (loaded.checkpoint / "ema").is_dir() else "model"
     if weights_dtype is not None:
         meta["weights_dtype"] = weights_dtype  # restores accept the narrowed dtype for this checkpoint only

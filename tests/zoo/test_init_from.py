@@ -119,5 +119,7 @@ def test_a_run_started_from_pretrained_weights_records_them_and_its_recipe_says_
     meta = json.loads((tmp_path / "run.json").read_text())
     assert meta["init_from"] == "vae-mnist"
     assert "--init-from vae-mnist" in publish.recipe(meta, {})
+    exported = publish.export(tmp_path, tmp_path / "exported", measure=False)  # what zoo export prints
+    assert "--init-from vae-mnist" in exported.recipe and exported.meta["init_from"] == "vae-mnist"
     with pytest.raises(zoo.UsageError, match="init_from: workdir 'vae-mnist', now None"):  # not the same run
         zoo.train("vae", workdir=tmp_path, train_data=data, eval_data=data, **(TINY | {"steps": 2}))
