@@ -37,13 +37,9 @@ EVAL_BATCH = 256
 def encode_texts(tokenizer: Any, texts: Sequence[str], context: int) -> dict[str, np.ndarray]:
     """``[CLS] text [SEP]`` of each text, cut to ``context``: ``{"tokens": int32 (N, context), "length": int32 (N,)}``.
 
-    The texts are taken literally: a "[MASK]" written in one is text, not the special token.
+    The texts are taken literally (``zoo_bert.tokenizer.encode_literally``).
     """
-    tokenizer.encode_special_tokens = True
-    try:
-        encoded = [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-    finally:
-        tokenizer.encode_special_tokens = False
+    encoded = bert_tokenizer.encode_literally(tokenizer, texts)
     tokens = np.full((len(encoded), context), PAD, np.int32)  # one width for every batch: one compilation
     lengths = np.zeros(len(encoded), np.int32)
     for row, ids in enumerate(encoded):

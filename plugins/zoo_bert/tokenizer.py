@@ -56,16 +56,21 @@ def window_texts(data: Mapping[str, np.ndarray]) -> list[str]:
     return [bytes(row[:n]).decode("utf-8", errors="replace") for row, n in zip(rows, lengths)]
 
 
+def encode_literally(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Each text's token ids, taken literally: a "[MASK]" written in a text is text, not the special token."""
+    tokenizer.encode_special_tokens = True
+    try:
+        return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    finally:
+        tokenizer.encode_special_tokens = False
+
+
 def tokenize_windows(tokenizer, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Each window's tokens: ``{"tokens": int32 (N, L), "length": int32 (N,)}``, L the longest (padded with [PAD]).
 
-    The corpus is taken literally: a "[MASK]" written in it is text, not the special token.
+    The corpus is taken literally (``encode_literally``).
     """
-    tokenizer.encode_special_tokens = True
-    try:
-        encoded = [e.ids for e in tokenizer.encode_batch(window_texts(data), add_special_tokens=False)]
-    finally:
-        tokenizer.encode_special_tokens = False
+    encoded = encode_literally(tokenizer, window_texts(data))
     lengths = np.array([len(ids) for ids in encoded], np.int32)
     tokens = np.full((len(encoded), max(1, int(lengths.max(initial=0)))), PAD, np.int32)
     for row, ids in zip(tokens, encoded):
