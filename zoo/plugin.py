@@ -248,6 +248,14 @@ class Plugin:
     def default_variant(self) -> str:
         return next(iter(self.variants))
 
+    def replaces(self, path: str) -> bool:
+        """Whether the parameter ``path`` ("a/b/kernel") is, or lies under, a declared ``replaceable`` prefix.
+
+        The one rule for ``--init-from`` (which may re-initialise it) and ``train.freeze=backbone``
+        (which trains only it).
+        """
+        return any(path == prefix or path.startswith(prefix + "/") for prefix in self.replaceable)
+
     def resolve(self, field: str) -> Any:
         """Import and return the object behind a reference field (``"build"``, ...).
 

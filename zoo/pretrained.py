@@ -221,7 +221,7 @@ def _init_from_plan(name_or_path: str | Path, plugin: Plugin, fresh: Mapping[str
     kept = {path for path, why in differences.items() if why is None}
     replaced, refused = [], []
     for path in sorted(set(fresh) - kept):
-        if any(path == p or path.startswith(p + "/") for p in plugin.replaceable):
+        if plugin.replaces(path):
             replaced.append(path)
         else:
             refused.append(f"  {path}: {differences[path]}")

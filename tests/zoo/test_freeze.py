@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import types
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +77,7 @@ def initial(monkeypatch) -> dict[str, np.ndarray]:
 
 
 def test_a_pattern_is_a_path_prefix_or_a_glob():
-    plugin = types.SimpleNamespace(name="p", replaceable=("head",))
+    plugin = dataclasses.replace(registry.get_plugin("vae"), name="p", replaceable=("head",))
     paths = [("blocks", 0, "kernel"), ("blocks", 1, "kernel"), ("blocks_extra", "kernel"), ("tokens",), ("head", "kernel")]
     assert frozen_paths("blocks", paths, plugin) == {("blocks", 0, "kernel"), ("blocks", 1, "kernel")}
     assert frozen_paths("blocks/*,tokens", paths, plugin) == {("blocks", 0, "kernel"), ("blocks", 1, "kernel"), ("tokens",)}

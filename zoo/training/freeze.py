@@ -36,7 +36,7 @@ def path_name(path: tuple) -> str:
 
 
 def under(name: str, prefix: str) -> bool:
-    """Whether ``name`` is ``prefix`` or lies below it, as ``--init-from`` matches ``replaceable``."""
+    """Whether ``name`` is ``prefix`` or lies below it (the rule of ``Plugin.replaces``, for a pattern)."""
     return name == prefix or name.startswith(prefix + "/")
 
 
@@ -62,7 +62,7 @@ def _backbone(names: Iterable[str], plugin: Any) -> set[str]:
             f"train.freeze=backbone: plugin {plugin.name!r} declares no replaceable head; "
             "name the parameters to freeze instead (train.freeze=PATH-OR-GLOB,...)"
         )
-    return {n for n in names if not any(under(n, prefix) for prefix in plugin.replaceable)}
+    return {n for n in names if not plugin.replaces(n)}
 
 
 def frozen_paths(spec: str, trainable: Iterable[tuple], plugin: Any) -> frozenset[tuple]:
