@@ -330,14 +330,14 @@ def test_groups_whose_filters_select_nothing_are_refused(tmp_path):
 # =========================================================================== non-finite loss
 
 
-def poisoned_data(bad_step: int, batch_size: int = 16) -> dict[str, np.ndarray]:
-    """Toy data whose first batch containing a NaN is step ``bad_step`` (0-based) of the loop."""
+def poisoned_data(bad_step: int, batch_size: int = 16, value: float = np.nan) -> dict[str, np.ndarray]:
+    """Toy data whose first batch containing ``value`` (NaN) is step ``bad_step`` (0-based) of the loop."""
     data = toy_data()
     order = ArrayLoader({"i": np.arange(len(data["x"]))}, batch_size, seed=0)
     batches = [next(order)["i"] for _ in range(bad_step + 1)]
     earlier = set(np.concatenate(batches[:bad_step]).tolist())
     victim = next(i for i in batches[bad_step] if i not in earlier)
-    data["x"][victim, 0] = np.nan
+    data["x"][victim, 0] = value
     return data
 
 
@@ -357,7 +357,8 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, log_e
 
 
 def test_a_nonfinite_step_records_the_first_bad_step():
-    """The pure step itself: a NaN loss, or a finite loss with a NaN gradient, is recorded; the first stays."""
+    """The pure step itself: a NaN loss is recorded and the first stays; a NaN gradient under a finite
+    loss is not (the loop finds it in the weights: test_nonfinite_weights_under_a_finite_loss_stop_the_run)."""
     cfg = TrainConfig(batch_size=16, **SGD)
     model_def = training.ModelDef.create(lambda: build_toy(ToyConfig(), nnx.Rngs(0)), sharding.make_mesh(), [nnx.Param])
     tx = training.make_optimizer(cfg)
@@ -384,7 +385,22 @@ def test_a_nonfinite_step_records_the_first_bad_step():
 
     after_inf, metrics = step(jax.tree.map(jnp.copy, state), bad_gradient)
     assert np.isfinite(float(metrics["loss"]))
-    assert (int(after_inf.step), int(after_inf.nonfinite_step)) == (1, 0)
+    assert (int(after_inf.step), int(after_inf.nonfinite_step)) == (1, -1)
+    assert not all(np.all(np.isfinite(v)) for v in flat(after_inf.params[0]).values())
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 2])
+def test_nonfinite_weights_under_a_finite_loss_stop_the_run(tmp_path, steps_per_call):
+    """An inf input at step 5 saturates tanh: a finite loss, a NaN gradient, NaN weights from step 6 on.
+
+    The save at step 6 finds them and refuses; nothing non-finite is ever checkpointed.
+    """
+    data = poisoned_data(5, value=np.inf)
+    run = toy_run(tmp_path, data, steps=12, checkpoint_every=2, log_every=100, steps_per_call=steps_per_call)
+    with pytest.raises(NonFiniteLoss, match=r"weights became non-finite between steps 4 and 6 \(the loss stayed finite\)"):
+        run.fit(Loss(mse))
+    assert StepDirectory(tmp_path / "checkpoints").steps() == [2, 4]
+    assert all(np.all(np.isfinite(v)) for v in restore_item(tmp_path).values())
 
 
 def test_nonfinite_loss_before_any_checkpoint_says_none_was_saved(tmp_path):

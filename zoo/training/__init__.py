@@ -21,8 +21,10 @@ Design:
   logical-axis rules (``zoo.sharding``) -> jitted init with those out_shardings.
 - ``steps_per_call`` > 1 fuses several steps into one call with ``lax.scan``:
   bitwise the same results, less per-call overhead at small batches.
-- A non-finite loss or gradient is recorded in the state (the first such step);
-  the loop notices at its next sync point, stops, and never checkpoints past it.
+- A non-finite loss is recorded in the state (the first such step); the loop
+  notices at its next sync point (a log point or a save), where it also checks
+  that the weights are finite (a NaN gradient under a finite loss), stops, and
+  never checkpoints a non-finite state.
 
 - ``train.freeze`` moves frozen parameters out of the trained groups into the
   state's ``rest``: no gradient, no optimizer state, bitwise unchanged (``freeze``).

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from zoo import checkpoint, pretrained, sharding, stopping
 from zoo.data.loader import ArrayLoader, DeviceRows, Prefetcher, fits_on_devices
 from zoo.errors import UsageError, ZooError
@@ -74,6 +75,7 @@ class Loop:
         self.run_id = self.run_id or uuid.uuid4().hex  # (pre-id checkpoints get one at their next save)
         self.state = self._restore(self.resumed_from) if self.resumed_from is not None else self._initialise()
         self.step = int(self.state.step)
+        self.finite_step = self.step  # the last step at which the weights were checked and finite
         if self.step % cfg.steps_per_call:
             raise UsageError(
                 f"{run.workdir} resumes at step {self.step}, which steps_per_call={cfg.steps_per_call} does not divide; "
@@ -286,11 +288,20 @@ class Loop:
         self.reporter.log_eval(self.step, self.last_eval)
 
     def _check_finite(self) -> None:
+        """Stop if a step's loss was not finite, or the weights are not (a NaN gradient under a finite loss).
+
+        Run at every log point and before every save, so no checkpoint holds a non-finite state.
+        """
         bad = int(self.state.nonfinite_step)
-        if bad >= 0:
-            saved = self.saved_step
-            where = f"step {saved} in {self.store.path(saved)}" if saved is not None else "none was saved"
-            raise NonFiniteLoss(f"loss became non-finite at step {bad}; stopped. Last good checkpoint: {where}")
+        if bad < 0 and bool(_all_finite((self.state.params, self.state.rest))):
+            self.finite_step = self.step
+            return
+        saved = self.saved_step
+        where = f"step {saved} in {self.store.path(saved)}" if saved is not None else "none was saved"
+        what = f"loss became non-finite at step {bad}" if bad >= 0 else (
+            f"weights became non-finite between steps {self.finite_step} and {self.step} (the loss stayed finite)"
+        )
+        raise NonFiniteLoss(f"{what}; stopped. Last good checkpoint: {where}")
 
     def _save(self) -> None:
         self._check_finite()
@@ -324,6 +335,13 @@ class Loop:
             seconds=time.perf_counter() - self.started,
             resumed_from=self.resumed_from,
         )
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    """Whether every floating-point leaf of ``tree`` is finite: one pass, a replicated scalar."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def fit(run: Any, objective: Objective, *, loader: ArrayLoader | None = None) -> TrainResult:
