@@ -53,6 +53,7 @@ from typing import Any
 
 from zoo.download import atomic_write_bytes, sha256_file
 from zoo.errors import IntegrityError, ZooError
+from zoo.paths import tree_paths  # variables are named as zoo.paths says
 
 MANIFEST = "MANIFEST.json"
 log = logging.getLogger(__name__)
@@ -158,20 +159,6 @@ def manifest_sha256(directory: Path) -> str:
 
 
 # --------------------------------------------------------------------------- trees
-
-
-def tree_paths(tree: Any) -> dict[str, Any]:
-    """Flatten a nested-dict pytree to ``{"params/encoder/kernel": leaf}``."""
-    import jax
-
-    def name(key: Any) -> str:  # DictKey.key, SequenceKey.idx, GetAttrKey.name (NamedTuples)
-        for attr in ("key", "idx", "name"):
-            if hasattr(key, attr):
-                return str(getattr(key, attr))
-        return str(key)
-
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(name(k) for k in path): leaf for path, leaf in flat}
 
 
 def compare_trees(expected: Any, stored: Mapping[str, Any], where: str, weights_dtype: str | None = None) -> None:

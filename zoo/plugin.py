@@ -67,7 +67,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from zoo import refs
+from zoo import paths, refs
 from zoo.errors import ZooError
 from zoo.refs import Ref as Ref
 
@@ -254,7 +254,7 @@ class Plugin:
         The one rule for ``--init-from`` (which may re-initialise it) and ``train.freeze=backbone``
         (which trains only it).
         """
-        return any(path == prefix or path.startswith(prefix + "/") for prefix in self.replaceable)
+        return any(paths.under(path, prefix) for prefix in self.replaceable)
 
     def resolve(self, field: str) -> Any:
         """Import and return the object behind a reference field (``"build"``, ...).

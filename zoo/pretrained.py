@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from zoo import checkpoint, memory, registry, remote
+from zoo import checkpoint, memory, paths, registry, remote
 from zoo.catalog import PretrainedEntry
 from zoo.config import call_options, config_from_dict, make_config
 from zoo.errors import UsageError, ZooError
@@ -237,7 +237,7 @@ def check_init_from(name_or_path: str | Path, plugin: Plugin, abstract_variables
     from flax import traverse_util
 
     flat = traverse_util.flatten_dict(dict(abstract_variables))
-    _init_from_plan(name_or_path, plugin, {"/".join(map(str, k)): v for k, v in flat.items()})
+    _init_from_plan(name_or_path, plugin, {paths.name(k): v for k, v in flat.items()})
 
 
 def init_from(name_or_path: str | Path, plugin: Plugin, variables: Mapping) -> dict:
@@ -257,7 +257,7 @@ def init_from(name_or_path: str | Path, plugin: Plugin, variables: Mapping) -> d
     from zoo import sharding
 
     fresh_by_key = traverse_util.flatten_dict(dict(variables))  # keys keep their types (list indices are ints)
-    fresh = {"/".join(map(str, key)): value for key, value in fresh_by_key.items()}  # Orbax's paths: strings
+    fresh = {paths.name(key): value for key, value in fresh_by_key.items()}  # Orbax's paths: strings
     source, stored, kept, replaced = _init_from_plan(name_or_path, plugin, fresh)
     replicated = sharding.replicated(sharding.make_mesh())
     target: dict = {}

@@ -24,20 +24,11 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from zoo import paths
 from zoo.errors import UsageError
 
 BACKBONE = "backbone"
 SHOWN = 6  # trained paths the start-up line names before "and N more"
-
-
-def path_name(path: tuple) -> str:
-    """``("blocks", 0, "kernel")`` -> ``"blocks/0/kernel"``: how ``--init-from`` and checkpoints name variables."""
-    return "/".join(map(str, path))
-
-
-def under(name: str, prefix: str) -> bool:
-    """Whether ``name`` is ``prefix`` or lies below it (the rule of ``Plugin.replaces``, for a pattern)."""
-    return name == prefix or name.startswith(prefix + "/")
 
 
 def patterns(spec: str) -> tuple[str, ...]:
@@ -72,13 +63,13 @@ def frozen_paths(spec: str, trainable: Iterable[tuple], plugin: Any) -> frozense
     A pattern matching nothing, and a spec freezing everything, are UsageErrors:
     the first is a typo, the second a run that would train nothing.
     """
-    names = {path_name(p): p for p in trainable}
+    names = {paths.name(p): p for p in trainable}
     if spec.strip() == BACKBONE:
         chosen = _backbone(names, plugin)
     else:
         chosen = set()
         for pattern in patterns(spec):
-            hit = {n for n in names if under(n, pattern) or fnmatch.fnmatchcase(n, pattern)}
+            hit = {n for n in names if paths.under(n, pattern) or fnmatch.fnmatchcase(n, pattern)}
             if not hit:
                 raise UsageError(
                     f"train.freeze: {pattern!r} matches no parameter of plugin {plugin.name!r} "

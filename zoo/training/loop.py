@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from zoo import checkpoint, pretrained, sharding, stopping
+from zoo import checkpoint, paths, pretrained, sharding, stopping
 from zoo.data.loader import ArrayLoader, DeviceRows, Prefetcher, fits_on_devices
 from zoo.errors import UsageError, ZooError
 from zoo.reporting import MetricSums, Reporter
@@ -100,14 +100,14 @@ class Loop:
         """
         spec, model_def = self.cfg.freeze, self.model_def
         frozen = freeze.frozen_paths(spec, model_def.trained, self.run.plugin)
-        emptied = [g.name for g, paths in zip(groups, model_def.groups) if paths and paths <= frozen]
+        emptied = [g.name for g, trained in zip(groups, model_def.groups) if trained and trained <= frozen]
         if emptied:
             raise UsageError(f"train.freeze={spec} freezes every parameter of group {', '.join(emptied)}; it would not train")
         self.model_def = model_def.freeze(frozen)
         sizes = {p: math.prod(leaf.shape) for p, leaf in flatten(model_def.abstract).items()}
 
-        def named(paths: frozenset) -> dict[str, int]:
-            return {freeze.path_name(p): sizes[p] for p in paths}
+        def named(chosen: frozenset) -> dict[str, int]:
+            return {paths.name(p): sizes[p] for p in chosen}
 
         return freeze.describe(spec, named(frozen), named(self.model_def.trained))
 
