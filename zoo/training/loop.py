@@ -46,7 +46,7 @@ class TrainResult:
 
 
 class NonFiniteLoss(ZooError):
-    """The loss became NaN or infinite; nothing after the last good checkpoint was kept."""
+    """The loss or the weights became NaN or infinite; nothing after the last good checkpoint was kept."""
 
 
 class Loop:
