@@ -75,7 +75,7 @@ class Loop:
         self.run_id = self.run_id or uuid.uuid4().hex  # (pre-id checkpoints get one at their next save)
         self.state = self._restore(self.resumed_from) if self.resumed_from is not None else self._initialise()
         self.step = int(self.state.step)
-        self.finite_step = self.step  # the last step at which the weights were checked and finite
+        self.finite_step = self.step  # the last step whose weights are known finite (restored ones were checked at their save)
         if self.step % cfg.steps_per_call:
             raise UsageError(
                 f"{run.workdir} resumes at step {self.step}, which steps_per_call={cfg.steps_per_call} does not divide; "
@@ -291,9 +291,10 @@ class Loop:
         """Stop if a step's loss was not finite, or the weights are not (a NaN gradient under a finite loss).
 
         Run at every log point and before every save, so no checkpoint holds a non-finite state.
+        The weights are read once per step: a log point, a save and the end often fall on the same one.
         """
         bad = int(self.state.nonfinite_step)
-        if bad < 0 and bool(_all_finite((self.state.params, self.state.rest))):
+        if bad < 0 and (self.finite_step == self.step or bool(_all_finite((self.state.params, self.state.rest)))):
             self.finite_step = self.step
             return
         saved = self.saved_step
