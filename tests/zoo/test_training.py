@@ -409,6 +409,55 @@ def test_nonfinite_loss_before_any_checkpoint_says_none_was_saved(tmp_path):
     assert StepDirectory(tmp_path / "checkpoints").steps() == []
 
 
+# =========================================================================== dispatch ahead
+
+
+class _CountingLoader(ArrayLoader):
+    """Records, at each batch drawn, how many of the loop's calls are dispatched but not finished."""
+
+    def __init__(self, *args, outputs: list, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.outputs, self.unfinished = outputs, []
+
+    def __next__(self):
+        self.unfinished.append(sum(not sums.count["loss"].is_ready() for sums in self.outputs))
+        return super().__next__()
+
+
+@pytest.mark.parametrize(("mesh", "most"), [({"data": 1}, 2), ({}, 0)])
+def test_the_loop_dispatches_at_most_two_calls_ahead(tmp_path, monkeypatch, mesh, most):
+    """Asynchronous dispatch is bounded: a slow step must not let Python queue dozens of calls.
+
+    Unbounded, the char GPT's loop ran dozens of calls ahead, and a Ctrl-C waited for them
+    all. Several host devices (the conftest's 8) run one call at a time: XLA:CPU
+    deadlocks when calls with collectives overlap.
+    """
+    outputs: list = []
+    compile_step = training.Loop._compile
+
+    def recording_compile(self, objective):
+        step_fn = compile_step(self, objective)
+
+        def call(*args):
+            state, sums = step_fn(*args)
+            outputs.append(sums)
+            return state, sums
+
+        return call
+
+    def slow_mse(model, batch, key):
+        # Some milliseconds of work that the metrics keep (no host callback: one makes a call synchronous).
+        burn = jax.lax.fori_loop(0, 20, lambda i, y: jnp.tanh(y @ y), jnp.full((256, 256), 0.01) * batch["x"][0, 0])
+        return mse(model, batch, key), {"burn": jnp.sum(burn)}
+
+    monkeypatch.setattr(training.Loop, "_compile", recording_compile)
+    run = dataclasses.replace(toy_run(tmp_path, steps=20), mesh_shape=mesh)
+    loader = _CountingLoader(run.train_data, 16, 0, outputs=outputs)
+    run.fit(Loss(slow_mse), loader=loader)
+    assert len(loader.unfinished) == 20
+    assert max(loader.unfinished) == most
+
+
 # =========================================================================== failed saves
 
 
