@@ -20,6 +20,7 @@ validation split. Set ``--steps`` to what the speed mode says fits the budget
 
     python bench/gpt_cpu.py [speed] [--batch 32] [--steps 60] [--rounds 3]
     python bench/gpt_cpu.py budget [--steps 2000] [--chunk 200] [--eval-windows 64] [--set train.precision=bf16 ...]
+    python bench/gpt_cpu.py budget --torch [--steps 2000] ...   (the same, the PyTorch reference: torch_gpt.py)
 
 Uses the cached Shakespeare corpus (``zoo data fetch shakespeare``).
 """
@@ -80,50 +81,16 @@ def bare_run(data, batch: int, steps: int) -> list[float]:
 
 
 def torch_run(data, batch: int, steps: int) -> list[float]:
-    """The same GPT in PyTorch (pre-norm, tied embedding, no biases), eager, AdamW."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+    """The same GPT and AdamW in PyTorch, eager (``torch_gpt``), fed the same kind of crops."""
+    import torch_gpt
+    from torch.optim import AdamW
 
-    torch.manual_seed(0)
-    D, H, L, T, V = 256, 4, 4, 128, text.VOCAB_SIZE
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
-            self.qkv, self.out = nn.Linear(D, 3 * D, bias=False), nn.Linear(D, D, bias=False)
-            self.up, self.down = nn.Linear(D, 4 * D, bias=False), nn.Linear(4 * D, D, bias=False)
-
-        def forward(self, x):
-            q, k, v = self.qkv(self.ln1(x)).view(x.shape[0], T, 3, H, D // H).permute(2, 0, 3, 1, 4)
-            x = x + self.out(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(x.shape))
-            return x + self.down(F.gelu(self.up(self.ln2(x)), approximate="tanh"))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.tokens, self.positions = nn.Embedding(V, D), nn.Embedding(T, D)
-            self.blocks, self.ln = nn.ModuleList(Block() for _ in range(L)), nn.LayerNorm(D)
-
-        def forward(self, idx):
-            x = self.tokens(idx) + self.positions(torch.arange(T))
-            for block in self.blocks:
-                x = block(x)
-            return self.ln(x) @ self.tokens.weight.T
-
-    model = GPT()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    model = torch_gpt.GPT()
+    optimizer = AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     rng = np.random.default_rng(0)
 
     def call():
-        rows = rng.integers(0, len(data["text"]), batch)
-        starts = rng.integers(0, np.maximum(data["length"][rows] - T - 1, 0) + 1)
-        crops = torch.from_numpy(np.stack([data["text"][r, s : s + T + 1] for r, s in zip(rows, starts)]).astype(np.int64))
-        loss = F.cross_entropy(model(crops[:, :-1]).reshape(-1, V), crops[:, 1:].reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        torch_gpt.train_step(model, optimizer, *torch_gpt.crops(rng, data, batch), clip=None)
 
     return timed_intervals((call for _ in range(steps)), EVERY, lambda: None)
 
@@ -150,6 +117,15 @@ def budget(args) -> int:
     """One zoo run of ``--steps`` steps, evaluated every ``--chunk``; minutes from the loop's own clock."""
     validation = zoo.data.load("shakespeare", "test")
     subset = {k: v[: args.eval_windows] for k, v in validation.items()} if args.eval_windows else validation
+    if args.torch:
+        import torch_gpt
+
+        print(f"PyTorch eager, {args.steps} steps, batch {args.batch}, AdamW {LR} (weight decay {WEIGHT_DECAY})", flush=True)
+        torch_gpt.budget(
+            zoo.data.load("shakespeare", "train"), subset, validation, steps=args.steps, chunk=args.chunk,
+            warmup=args.warmup, batch=args.batch, lr=LR, weight_decay=WEIGHT_DECAY,
+        )  # fmt: skip
+        return 0
     settings = {
         "train.learning_rate": LR, "train.weight_decay": WEIGHT_DECAY, "train.schedule": "cosine",
         "train.warmup_steps": args.warmup, "train.final_lr_fraction": 0.1, "train.grad_clip": 1.0,
@@ -186,6 +162,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--eval-windows", type=int, default=64, help="budget: windows of periodic evaluation (0: all)")
     parser.add_argument("--workdir", help="budget: run folder (default: a new temporary one)")
+    parser.add_argument("--torch", action="store_true", help="budget: train the PyTorch reference instead (torch_gpt.py)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="budget: extra zoo settings")
     args = parser.parse_args()
     if args.mode == "speed":
