@@ -20,8 +20,9 @@ validation split. Set ``--steps`` to what the speed mode says fits the budget
 
 Measured on a 2-core AVX2 CPU (AMD EPYC; whole validation split after 30 minutes), the
 reference recipe at batch 32: zoo 1.564 (940 steps), PyTorch 1.535 (1080 steps);
-the same recipe at batch 16 (``--batch 16 --steps 1900 --warmup 200``): zoo 1.533
-in 30.5 minutes. Batch 16 runs 2.05x the steps per second of batch 32 here.
+the same recipe at batch 16, its warm-up doubled to the same share of the run
+(``--batch 16 --steps 1900 --warmup 200``): zoo 1.533 in 30.5 minutes. Batch 16 runs
+2.05x the steps per second of batch 32 here.
 
     python bench/gpt_cpu.py [speed] [--batch 32] [--steps 60] [--rounds 3]
     python bench/gpt_cpu.py budget [--steps 2000] [--chunk 200] [--eval-windows 64] [--set train.precision=bf16 ...]
