@@ -37,7 +37,11 @@ from zoo.text import VOCAB_SIZE
 
 INIT_STD = 0.02  # GPT-2's
 Cache = tuple[jax.Array, jax.Array]
-"""One layer's keys and values, each ``(B, S, H, K)``."""
+"""One layer's keys and values, each ``(B*H, K, S)``: positions minor, heads merged
+with the batch. XLA:CPU's batched products read this layout where it lies, so the
+cache is updated in place; ``(B, S, H, K)`` cost copies of the whole cache per layer
+and token, a fifth of a decoding step (bench/kv_cache.py, char-4x256, batch 1: 2.1 ->
+1.5 ms a token; 8.1x -> 11.1x faster than recomputing each window)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,6 +98,18 @@ def rotate(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
 
 
+def to_cache_layout(x: jax.Array) -> jax.Array:
+    """Keys or values ``(B, T, H, K)`` -> ``(B*H, K, T)``, the cache's layout (``Cache``)."""
+    b, t, h, k = x.shape
+    return x.transpose(0, 2, 3, 1).reshape(b * h, k, t)
+
+
+def from_cache_layout(x: jax.Array, heads: int) -> jax.Array:
+    """``(B*H, K, S)`` -> ``(B, S, H, K)``; XLA folds this transpose into the attention's products."""
+    n, k, s = x.shape
+    return x.reshape(n // heads, heads, k, s).transpose(0, 3, 1, 2)
+
+
 class Attention(nnx.Module):
     """Multi-head causal self-attention; with a cache, the keys and values of earlier positions too."""
 
@@ -121,20 +137,20 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
         """Causal attention of ``x (B, T, D)`` at ``positions (T,)`` -> ``((B, T, D), cache)``.
 
-        Without a cache, within ``x``. With one (keys, values ``(B, S, H, K)`` of the
+        Without a cache, within ``x``. With one (``Cache``: keys and values of the
         positions before ``positions[0]``), ``x``'s keys and values are written at
         ``positions`` and each query attends to every cached position up to its own.
         """
         q, k, v = self.project(x, positions)
         if cache is None:
             return self.combine(jax.nn.dot_product_attention(q, k, v, is_causal=True)), None
-        keys, values = (
-            jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), positions[0], axis=1)
+        cache = tuple(
+            jax.lax.dynamic_update_slice_in_dim(old, to_cache_layout(new).astype(old.dtype), positions[0], axis=2)
             for old, new in zip(cache, (k, v))
         )
+        keys, values = (from_cache_layout(c, self.cfg.heads).astype(q.dtype) for c in cache)
         visible = jnp.arange(keys.shape[1])[None, :] <= positions[:, None]  # (T, S)
-        attended = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask=visible[None, None])
-        return self.combine(attended), (keys, values)
+        return self.combine(jax.nn.dot_product_attention(q, keys, values, mask=visible[None, None])), cache
 
 
 class MLP(nnx.Module):
@@ -208,8 +224,8 @@ class GPT(nnx.Module):
         return self.logits(x)
 
     def empty_cache(self, batch: int, dtype: jnp.dtype = jnp.float32) -> list[Cache]:
-        """Zero keys and values ``(B, context, H, K)`` for every layer."""
-        shape = (batch, self.cfg.context, self.cfg.heads, self.cfg.head_width)
+        """Zero keys and values ``(B*H, K, context)`` for every layer."""
+        shape = (batch * self.cfg.heads, self.cfg.head_width, self.cfg.context)
         return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.blocks]
 
     def extend(self, tokens: jax.Array, cache: list[Cache], start: jax.Array) -> tuple[jax.Array, list[Cache]]:
