@@ -54,14 +54,17 @@ class LoadedModel:
         """``n`` samples: images ``(n, H, W, C)`` in [0, 1] or a list of texts (plugin-defined options)."""
         import jax
 
+        from zoo import sharding
+
         if n < 1:
             raise UsageError(f"n must be at least 1; got {n}")
         if self.plugin.sample is None:
             raise UsageError(f"plugin {self.plugin.name!r} has no sample: it predicts (`zoo predict`, `.predict(inputs)`)")
         sample = self.plugin.resolve("sample")
         options = call_options(sample, options, f"{self.plugin.name} sample option")
-        memory.check_sample(sample, self.model, jax.random.key(seed), n, options, self.name)  # not a native abort
-        return sample(self.model, jax.random.key(seed), n, **options)
+        model = sharding.on_one_device(self.model)  # replicas would each repeat the whole generation
+        memory.check_sample(sample, model, jax.random.key(seed), n, options, self.name)  # not a native abort
+        return sample(model, jax.random.key(seed), n, **options)
 
     def predict(self, inputs: Any, **options: Any) -> Any:
         """Class probabilities ``np.ndarray (N, K)``; column ``k`` is ``self.classes[k]`` when the dataset names it.
@@ -72,14 +75,15 @@ class LoadedModel:
         ``inputs``: images ``(N, H, W, C)`` or one ``(H, W, C)``, float in [0, 1] or
         uint8 (the shape the training dataset declares), or a list of texts.
         """
-        from zoo import prediction
+        from zoo import prediction, sharding
 
         if self.plugin.predict is None:
             raise UsageError(f"plugin {self.plugin.name!r} has no predict: it generates (`zoo sample`, `.sample(n)`)")
         predict = self.plugin.resolve("predict")
         options = call_options(predict, options, f"{self.plugin.name} predict option")
         declared = self.dataset_declaration
-        return predict(self.model, prediction.prepare(inputs, declared and declared.image_shape), **options)
+        model = sharding.on_one_device(self.model)  # replicas would each repeat the whole prediction
+        return predict(model, prediction.prepare(inputs, declared and declared.image_shape), **options)
 
     @property
     def dataset_declaration(self) -> Any:

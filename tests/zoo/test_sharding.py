@@ -226,3 +226,36 @@ def test_partition_spec_replicates_what_does_not_divide():
     assert sharding.partition_spec(("embed", "mlp"), (20, 128), mesh) == PartitionSpec(None, None)  # 20 % 8
     assert sharding.partition_spec(("embed", "embed"), (16, 16), mesh) == PartitionSpec("fsdp", None)  # one axis once
     assert sharding.partition_spec(None, (16,), mesh) == PartitionSpec()
+
+
+def _linear_on(mesh_shape: dict[str, int]):
+    """A Linear whose kernel is split over ``fsdp`` (replicated when the mesh has none)."""
+    from flax import nnx
+
+    mesh = sharding.make_mesh(mesh_shape)
+    with nnx.use_eager_sharding(False):
+        model = nnx.Linear(8, 4, rngs=nnx.Rngs(0), kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", None)))
+    graphdef, state = nnx.split(model)
+    specs = sharding.state_shardings(state, mesh)
+    placed = jax.tree.map(lambda x, s: jax.device_put(x, s), nnx.to_pure_dict(state), specs)
+    nnx.replace_by_pure_dict(state, placed)
+    return nnx.merge(graphdef, state)
+
+
+def test_on_one_device_takes_a_replicated_model_off_its_replicas_and_leaves_a_split_one():
+    from flax import nnx
+
+    replicated = _linear_on({"data": 8})
+    kernel = replicated.kernel[...]
+    assert len(kernel.sharding.device_set) == 8 and kernel.is_fully_replicated
+    moved = sharding.on_one_device(replicated)
+    for x in jax.tree.leaves(nnx.state(moved)):
+        assert len(x.sharding.device_set) == 1
+    assert np.array_equal(np.asarray(moved.kernel[...]), np.asarray(kernel))
+    x = np.ones((3, 8), np.float32)
+    assert np.allclose(np.asarray(moved(x)), np.asarray(x @ np.asarray(kernel) + np.asarray(replicated.bias[...])), atol=1e-6)
+
+    split = _linear_on({"fsdp": 8})
+    assert not split.kernel[...].is_fully_replicated
+    assert sharding.on_one_device(split) is split  # gathering a split model could exceed one device
+    assert sharding.on_one_device(moved) is moved  # already on one device
