@@ -13,6 +13,13 @@ Each way runs once untimed (compilation), then in ``--rounds`` interleaved round
 the figure is the median seconds per generation. Weights are random: speed does
 not depend on them.
 
+At batch 1 a cached step reads every weight once per token (13 MB of float32 for
+char-4x256, more than this CPU's 8 MB L3): it runs at the speed of memory, while
+the recomputed path is bound by arithmetic. The ratio therefore moves with the
+host's memory bandwidth (this VM measured 8 to 11 GB/s on the same day: 8.9x to
+11.1x), so the bench also prints the weight bytes read per second by the cached
+path next to a matrix-vector probe streaming as many bytes (``probe_bandwidth``).
+
     python bench/kv_cache.py [--variant char-4x256] [--new 512] [--batch 1] [--rounds 3] [--target 10]
 
 Exit status: 0 if recomputed / cached >= target, 1 if not.
@@ -26,7 +33,9 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 import zoo
 from zoo_gpt import decode
@@ -36,6 +45,30 @@ def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def probe_bandwidth(nbytes: int, repeats: int = 20) -> float:
+    """Bytes per second of float32 matrix-vector products reading ``nbytes`` of matrices in turn.
+
+    Each product's output feeds the next, as a decoding step's layers do, so
+    nothing overlaps; the median of 5 timings of ``repeats`` passes.
+    """
+    rows, cols = 1024, 256
+    count = max(1, -(-nbytes // (rows * cols * 4)))
+    matrices = jax.random.normal(jax.random.key(0), (count, rows, cols)) * 0.03
+
+    @jax.jit
+    def passes(x):
+        def one_pass(_, x):
+            for i in range(count):  # unrolled: one product per matrix, as separate as a model's layers
+                x = jnp.tile(x @ matrices[i], 4)
+            return x
+        return jax.lax.fori_loop(0, repeats, one_pass, x)
+
+    x = jnp.ones((rows,), jnp.float32)
+    jax.block_until_ready(passes(x))
+    seconds = statistics.median(timed(lambda: jax.block_until_ready(passes(x))) for _ in range(5))
+    return matrices.nbytes * repeats / seconds
 
 
 def main() -> int:
@@ -66,6 +99,11 @@ def main() -> int:
             print(f"round {r + 1} {name:<11} {times[name][-1]:8.3f} s", flush=True)
     cached, recomputed = statistics.median(times["cached"]), statistics.median(times["recomputed"])
     ratio = recomputed / cached
+    weights = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    print(  # every step reads each weight once, for the whole batch
+        f"cached path reads {weights / 1e6:.1f} MB of weights a step: {weights * args.new / cached / 1e9:.1f} GB/s; "
+        f"a matrix-vector probe over as many bytes streams {probe_bandwidth(weights) / 1e9:.1f} GB/s"
+    )
     print(
         f"gpt/{args.variant}, {args.new} new tokens, batch {args.batch}, {jax.devices()[0].platform}: "
         f"cached {cached:.3f} s ({args.new / cached:.0f} tokens/s), recomputed {recomputed:.3f} s; "
