@@ -4,8 +4,9 @@ Tokens ``int (B, T)`` -> logits ``(B, T, vocab_size)`` (``zoo.text``'s conventio
 token embedding (+ learned positions) -> ``layers`` pre-norm blocks
 [x + attn(LN(x)), x + mlp(LN(x))] -> LN -> logits through the token embedding
 (weight tying). Attention is causal, through ``jax.nn.dot_product_attention`` so
-GPUs get a fused kernel; positions are learned (GPT-2) or rotary (RoPE: the
-query/key pairs are rotated by position, so scores depend on relative positions).
+GPUs get a fused kernel (decoding with a cache: ``attend_cached``); positions are
+learned (GPT-2) or rotary (RoPE: the query/key pairs are rotated by position, so
+scores depend on relative positions).
 
 Initialisation is GPT-2's: every weight N(0, 0.02), and the two projections that
 write into the residual stream (attention output, MLP output) N(0, 0.02 / sqrt(2 *
@@ -105,10 +106,23 @@ def to_cache_layout(x: jax.Array) -> jax.Array:
     return x.transpose(0, 2, 3, 1).reshape(b * h, k, t)
 
 
-def from_cache_layout(x: jax.Array, heads: int) -> jax.Array:
-    """``(B*H, K, S)`` -> ``(B, S, H, K)``; XLA folds this transpose into the attention's products."""
-    n, k, s = x.shape
-    return x.reshape(n // heads, heads, k, s).transpose(0, 3, 1, 2)
+def attend_cached(q: jax.Array, cache: Cache, positions: jax.Array) -> jax.Array:
+    """Queries ``q (B, T, H, K)`` at ``positions (T,)`` attending to a cache that holds their own keys.
+
+    Each query sees the cached positions up to its own (causal). Returns ``(B, T, H, K)``:
+    ``jax.nn.dot_product_attention``'s arithmetic (scale, softmax), written as batched
+    products over the cache's own layout. Through ``dot_product_attention`` the cache
+    had to be viewed as ``(B, S, H, K)``; with more than one text XLA then copied the
+    whole cache per layer and token (batch 2: 3.3 against 2.5 ms a token).
+    """
+    b, t, h, k = q.shape
+    keys, values = (c.astype(q.dtype) for c in cache)
+    queries = q.transpose(0, 2, 1, 3).reshape(b * h, t, k)
+    scores = jnp.einsum("ntk,nks->nts", queries, keys) / math.sqrt(k)
+    visible = jnp.arange(keys.shape[-1])[None, :] <= positions[:, None]  # (T, S)
+    weights = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf).astype(jnp.float32), axis=-1).astype(q.dtype)
+    attended = jnp.einsum("nts,nks->ntk", weights, values)
+    return attended.reshape(b, h, t, k).transpose(0, 2, 1, 3)
 
 
 class Attention(nnx.Module):
@@ -149,9 +163,7 @@ class Attention(nnx.Module):
             jax.lax.dynamic_update_slice_in_dim(old, to_cache_layout(new).astype(old.dtype), positions[0], axis=2)
             for old, new in zip(cache, (k, v))
         )
-        keys, values = (from_cache_layout(c, self.cfg.heads).astype(q.dtype) for c in cache)
-        visible = jnp.arange(keys.shape[1])[None, :] <= positions[:, None]  # (T, S)
-        return self.combine(jax.nn.dot_product_attention(q, keys, values, mask=visible[None, None])), cache
+        return self.combine(attend_cached(q, cache, positions)), cache
 
 
 class MLP(nnx.Module):
