@@ -3,8 +3,9 @@
 Tokens ``int (B, T)`` -> logits ``(B, T, vocab_size)`` (``zoo.text``'s convention):
 token embedding (+ learned positions) -> ``layers`` pre-norm blocks
 [x + attn(LN(x)), x + mlp(LN(x))] -> LN -> logits through the token embedding
-(weight tying). Attention is causal, through ``jax.nn.dot_product_attention`` so
-GPUs get a fused kernel (decoding with a cache: ``attend_cached``); positions are
+(weight tying). Attention is causal, through ``jax.nn.dot_product_attention``,
+asking for cuDNN's fused kernel on a GPU (``attention_implementation``: JAX itself
+picks XLA's unfused one unless told); decoding with a cache: ``attend_cached``. Positions are
 learned (GPT-2) or rotary (RoPE: the query/key pairs are rotated by position, so
 scores depend on relative positions).
 
@@ -42,8 +43,9 @@ Cache = tuple[jax.Array, jax.Array]
 with the batch. XLA:CPU's batched products read this layout where it lies, so the
 cache is updated in place; ``(B, S, H, K)`` cost copies of the whole cache per layer
 and token, a fifth of a decoding step (bench/kv_cache.py, char-4x256, batch 1: 2.1 ->
-1.5-1.8 ms a token, 9-11x faster than recomputing each window where it was 8x; what is
-left is reading the weights, at the speed of memory)."""
+1.5-1.8 ms a token on a host with an 8 MB L3, 9-11x faster than recomputing each window
+where it was 8x; what is left is reading the weights, at the speed of memory: 0.53 ms
+a token and 14.7x where the last-level cache holds them)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class GPTConfig:
     dropout: float = 0.0  # on attention output, MLP output and embeddings, in training only
     vocab_multiple: int = 128  # embedding rows padded to this multiple (tensor shards, aligned matmuls)
     rope_base: float = 10000.0
+    attention: Literal["auto", "xla", "cudnn"] = "auto"  # kernel of the full forward: attention_implementation
 
     def __post_init__(self):
         if min(self.vocab_size, self.context, self.layers, self.width, self.heads, self.mlp_ratio, self.vocab_multiple) < 1:
@@ -68,6 +71,8 @@ class GPTConfig:
             raise ValueError(f"rotary positions need an even head width; got {self.width // self.heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.attention not in ("auto", "xla", "cudnn"):
+            raise ValueError(f"attention must be auto, xla or cudnn; got {self.attention!r}")
 
     @property
     def head_width(self) -> int:
@@ -98,6 +103,26 @@ def rotate(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
     cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+
+
+def attention_implementation(setting: str, q: jax.Array) -> str:
+    """The ``implementation`` of ``jax.nn.dot_product_attention`` for queries ``q (B, T, H, K)``.
+
+    ``"auto"`` is cuDNN's fused kernel where it applies (on a GPU, bfloat16 or float16
+    queries, head width a multiple of 8 up to 128: what it supports) and XLA's
+    otherwise: JAX 0.10 picks XLA's unless told, even on GPUs, and XLA's unfused
+    attention made GPT-2 small train at 19% MFU on an H200 against 41-52% with cuDNN's
+    (shared/NOTES-JAX.md). Decided while tracing, from static facts only.
+    """
+    if setting != "auto":
+        return setting
+    fused = (
+        jax.default_backend() in ("gpu", "cuda")
+        and q.dtype in (jnp.bfloat16, jnp.float16)
+        and q.shape[-1] % 8 == 0
+        and q.shape[-1] <= 128
+    )
+    return "cudnn" if fused else "xla"
 
 
 def to_cache_layout(x: jax.Array) -> jax.Array:
@@ -158,7 +183,8 @@ class Attention(nnx.Module):
         """
         q, k, v = self.project(x, positions)
         if cache is None:
-            return self.combine(jax.nn.dot_product_attention(q, k, v, is_causal=True)), None
+            implementation = attention_implementation(self.cfg.attention, q)
+            return self.combine(jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)), None
         cache = tuple(
             jax.lax.dynamic_update_slice_in_dim(old, to_cache_layout(new).astype(old.dtype), positions[0], axis=2)
             for old, new in zip(cache, (k, v))

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from zoo import api, sharding
 from zoo.training import ModelDef
 from zoo_gpt import decode
-from zoo_gpt.model import GPT, GPTConfig
+from zoo_gpt.model import GPT, GPTConfig, attention_implementation
 
 from lm_helpers import tiny_corpus
 
@@ -82,6 +82,21 @@ def gpt2_small_def(mesh_shape: dict[str, int]) -> ModelDef:
     plugin = registry.get_plugin("gpt")
     config = make_config(plugin, "gpt2-124m")
     return ModelDef.create(lambda: plugin.resolve("build")(config, nnx.Rngs(0)), sharding.make_mesh(mesh_shape), [nnx.Param])
+
+
+def test_attention_asks_for_the_fused_kernel_only_where_cudnn_takes_it(monkeypatch):
+    """JAX 0.10 runs XLA's unfused attention unless told: "auto" names cuDNN's on a GPU in 16-bit floats."""
+    query = lambda dtype, head_width=64: jax.ShapeDtypeStruct((2, 16, 12, head_width), dtype)  # noqa: E731
+    assert attention_implementation("auto", query(jnp.bfloat16)) == "xla"  # this CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert attention_implementation("auto", query(jnp.bfloat16)) == "cudnn"
+    assert attention_implementation("auto", query(jnp.float16)) == "cudnn"
+    assert attention_implementation("auto", query(jnp.float32)) == "xla"  # cuDNN's kernel takes no float32
+    assert attention_implementation("auto", query(jnp.bfloat16, head_width=12)) == "xla"  # not a multiple of 8
+    assert attention_implementation("auto", query(jnp.bfloat16, head_width=256)) == "xla"  # wider than 128
+    assert attention_implementation("xla", query(jnp.bfloat16)) == "xla"  # an explicit choice stands
+    with pytest.raises(ValueError, match="attention must be auto, xla or cudnn"):
+        GPTConfig(attention="flash")
 
 
 def test_gpt2_small_builds_abstractly_with_124m_parameters():
