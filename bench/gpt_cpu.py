@@ -24,6 +24,13 @@ the same recipe at batch 16, its warm-up doubled to the same share of the run
 (``--batch 16 --steps 1900 --warmup 200``): zoo 1.533 in 30.5 minutes. Batch 16 runs
 2.05x the steps per second of batch 32 here.
 
+On a 2-core Xeon with AVX512-BF16 (the kind of host issue 9 measured PyTorch on: 1.6
+steps/s at batch 32, 1.58 / 1.40 / 1.32 nats/char after 10 / 20 / 30 minutes) the zoo's
+loop ran 1.2-1.3 steps/s at batch 32 (``train.precision=bf16``: 1.198, no faster) and
+2.7 at batch 16; ``budget --batch 16 --steps 4600 --warmup 200``: 1.61 / 1.45 on the
+first 64 windows after 10 / 20 minutes, **1.386 on the whole validation split after 29.2
+minutes**: short of PyTorch's 1.32 on that host.
+
     python bench/gpt_cpu.py [speed] [--batch 32] [--steps 60] [--rounds 3]
     python bench/gpt_cpu.py budget [--steps 2000] [--chunk 200] [--eval-windows 64] [--set train.precision=bf16 ...]
     python bench/gpt_cpu.py budget --torch [--steps 2000] ...   (the same, the PyTorch reference: torch_gpt.py)
