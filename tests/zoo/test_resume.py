@@ -214,7 +214,15 @@ def test_sigterm_saves_exits_143_and_the_rerun_completes(reference, tmp_path):
 def test_ctrl_c_during_start_up_is_never_swallowed(tmp_path, after):
     """Wherever ``zoo train`` is in its start-up (joining, loading data, building, compiling) when Ctrl-C
     lands, counted from the moment the CLI starts: exit 130, no result, no traceback."""
-    driver = DRIVER.replace("main(sys.argv[1:])", "sys.stderr.write('STARTED\\n'); sys.stderr.flush()\nmain(sys.argv[1:])")
+    # STARTED is written from inside the CLI's own handling (its click group's main, called in
+    # zoo.cli.main's try): written before main(), a Ctrl-C sent the moment it is read could land
+    # between the write and main's try, where no program can catch it (seen on a fast host).
+    started = (
+        "import zoo.cli\n_group_main = zoo.cli.cli.main\n"
+        "def started_main(*a, **k):\n    sys.stderr.write('STARTED\\n'); sys.stderr.flush()\n    return _group_main(*a, **k)\n"
+        "zoo.cli.cli.main = started_main\nmain(sys.argv[1:])"
+    )
+    driver = DRIVER.replace("main(sys.argv[1:])", started)
     proc = subprocess.Popen(
         [sys.executable, "-c", driver, *train_args(tmp_path)[3:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=subprocess_env(ZOO_TEST_BATCH_DELAY=0.3),
