@@ -31,6 +31,17 @@ loop ran 1.2-1.3 steps/s at batch 32 (``train.precision=bf16``: 1.198, no faster
 first 64 windows after 10 / 20 minutes, **1.386 on the whole validation split after 29.2
 minutes**: short of PyTorch's 1.32 on that host.
 
+XLA:CPU options tried there for a faster step, 100 steps of batch 32 through the loop each
+(steps/s; the same options with ``train.precision=bf16`` where it says so): none
+beyond the run-to-run spread of the defaults (1.19-1.26). ``--xla_cpu_use_onednn=true``
+1.36 (bf16: 1.28, with ``--xla_cpu_experimental_onednn_fusion_type=dot`` 1.35),
+``--xla_cpu_use_xnnpack=true`` 1.37 (bf16: 1.32), ``--xla_cpu_enable_fast_math=true``
+1.36, ``--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY`` 1.37,
+``JAX_DEFAULT_MATMUL_PRECISION=BF16_BF16_F32`` 1.30; float32 losses came out bit-identical
+under oneDNN/XNNPACK, so those paths did not take these dots. ``--xla_cpu_prefer_vector_width=512``
+ran 1.52 once, but side by side in interleaved rounds (2 x 100 steps at batch 16; BERT-tiny
+2 x 200 at batch 32) it gave 0.97x and 0.98x the default's steps/s: noise, not a gain.
+
     python bench/gpt_cpu.py [speed] [--batch 32] [--steps 60] [--rounds 3]
     python bench/gpt_cpu.py budget [--steps 2000] [--chunk 200] [--eval-windows 64] [--set train.precision=bf16 ...]
     python bench/gpt_cpu.py budget --torch [--steps 2000] ...   (the same, the PyTorch reference: torch_gpt.py)

@@ -7,12 +7,13 @@ from zoo.plugin import Plugin
 
 SHAPES = {
     # BERT-mini's shape (Turc et al., 2019): 4 layers, 256 wide, 4 heads, context 128, a 4096-token
-    # byte-level BPE: 4.3M parameters, the CPU-sized default.
-    "mini": {"layers": 4, "width": 256, "heads": 4, "context": 128, "vocab_size": 4096},
-    # BERT-tiny's shape: 2 layers, 128 wide, 2 heads: 0.98M parameters (half are embeddings), quick experiments.
-    "tiny": {"layers": 2, "width": 128, "heads": 2, "context": 128, "vocab_size": 4096},
-    # BERT-base: 12 layers, 768 wide, 12 heads, context 512, BERT's 30522-token vocabulary:
-    # 110M parameters. Its tokenizer JSON is about 0.8 MB, hence the larger buffer.
+    # byte-level BPE, rotary positions: 4.3M parameters, the CPU-sized default.
+    "mini": {"layers": 4, "width": 256, "heads": 4, "context": 128, "vocab_size": 4096, "positions": "rotary"},
+    # BERT-tiny's shape: 2 layers, 128 wide, 2 heads, rotary positions: 0.96M parameters (half are
+    # embeddings), quick experiments.
+    "tiny": {"layers": 2, "width": 128, "heads": 2, "context": 128, "vocab_size": 4096, "positions": "rotary"},
+    # BERT-base: 12 layers, 768 wide, 12 heads, context 512, BERT's 30522-token vocabulary and learned
+    # positions: 110M parameters, BERT's count. Its tokenizer JSON is about 0.8 MB, hence the larger buffer.
     "bert-base": {
         "layers": 12, "width": 768, "heads": 12, "context": 512, "vocab_size": 30522, "tokenizer_capacity": 1 << 21,
     },

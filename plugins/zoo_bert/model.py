@@ -1,10 +1,21 @@
 """A BERT-style Transformer encoder with the masked-LM and next-sentence heads, and its tokenizer inside.
 
 Tokens ``int (B, T)``, segment ids ``int (B, T)`` and a validity mask ``bool (B, T)``
--> hidden states ``(B, T, D)``: token + learned position + segment embeddings ->
+-> hidden states ``(B, T, D)``: token + segment (+ learned position) embeddings ->
 LayerNorm -> ``layers`` blocks -> LayerNorm. Attention is bidirectional through
 ``jax.nn.dot_product_attention`` (GPUs get a fused kernel), with padded keys masked
 out, so what sits at a padded position never reaches a real one.
+
+Positions are BERT's learned table (the config's default, so checkpoints saved
+before the option existed load as they were, and ``bert-base`` keeps BERT's exact
+shape) or rotary, which the CPU-sized variants use (``zoo.rotary``: queries and
+keys rotated by position, so scores depend on relative positions only, as in
+RoFormer and ModernBERT). Measured on Shakespeare (``tiny``, batch 32, AdamW
+2e-3): with a learned table the masked LM sat at the unigram plateau (5.83 nats per
+masked token after 800 steps, 5.81 after 2,000, predictions the same whatever the
+context: attention starts uniform, and attending to neighbours needs a position
+table that has first grown smooth); rotary, 4.64 after 800 steps and falling, since
+a local attention pattern is then a function of the query and key weights alone.
 
 Pre-norm blocks ``[x + attn(LN(x)), x + mlp(LN(x))]`` and a final LayerNorm, rather
 than the original BERT's post-norm: pre-norm keeps the residual stream an identity
@@ -45,10 +56,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from zoo.rotary import rotate
 
 INIT_STD = 0.02
 NSP_CLASSES = 2  # 0: random segment, 1: true continuation
@@ -63,6 +77,8 @@ class BertConfig:
     heads: int = 4
     mlp_ratio: int = 4  # F = mlp_ratio * D, BERT's 4
     segments: int = 2  # token-type ids: A and B
+    positions: Literal["learned", "rotary"] = "learned"  # BERT's; the zoo's variants are rotary (module docstring)
+    rope_base: float = 10000.0  # rotary: the slowest pair turns once in 2 pi * base positions
     dropout: float = 0.0  # BERT's 0.1 regularises long runs; a CPU-budget run underfits, so off by default
     tokenizer_capacity: int = 1 << 18  # bytes reserved for the tokenizer's JSON (4096 tokens take about 104 kB)
     num_classes: int = 0  # 0: the pretraining heads (masked LM + NSP); K >= 2: a K-way classifier instead
@@ -72,6 +88,10 @@ class BertConfig:
             raise ValueError("vocab_size, context, layers, width, heads, mlp_ratio and segments must be positive")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
+        if self.positions not in ("learned", "rotary"):
+            raise ValueError(f"positions must be learned or rotary; got {self.positions!r}")
+        if self.positions == "rotary" and self.head_width % 2:
+            raise ValueError(f"rotary positions need an even head width; got {self.head_width}")
         if self.context < 5:
             raise ValueError(f"context {self.context} cannot hold [CLS] A [SEP] B [SEP] with a token in each segment")
         if not 0.0 <= self.dropout < 1.0:
@@ -122,6 +142,7 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
         d, h, k = cfg.width, cfg.heads, cfg.head_width
+        self.rope_base = cfg.rope_base if cfg.positions == "rotary" else None
         self.query, self.key, self.value = (_param(rngs, (d, h, k), ("embed", "heads", "kv")) for _ in range(3))
         self.query_bias, self.key_bias, self.value_bias = (_zeros((h, k), ("heads", "kv")) for _ in range(3))
         self.out = _param(rngs, (h, k, d), ("heads", "kv", "embed"), INIT_STD / math.sqrt(2 * cfg.layers))
@@ -132,6 +153,9 @@ class Attention(nnx.Module):
         q = jnp.einsum("btd,dhk->bthk", x, self.query[...]) + self.query_bias[...]
         k = jnp.einsum("btd,dhk->bthk", x, self.key[...]) + self.key_bias[...]
         v = jnp.einsum("btd,dhk->bthk", x, self.value[...]) + self.value_bias[...]
+        if self.rope_base is not None:
+            positions = jnp.arange(x.shape[1])
+            q, k = rotate(q, positions, self.rope_base), rotate(k, positions, self.rope_base)
         attended = jax.nn.dot_product_attention(q, k, v, mask=valid[:, None, None, :])  # mask (B, 1, 1, S)
         return jnp.einsum("bthk,hkd->btd", attended, self.out[...]) + self.out_bias[...]
 
@@ -183,7 +207,7 @@ class Bert(nnx.Module):
     def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         self.tokens = _param(rngs, (cfg.vocab_size, cfg.width), ("vocab", "embed"))
-        self.positions = _param(rngs, (cfg.context, cfg.width), (None, "embed"))
+        self.positions = _param(rngs, (cfg.context, cfg.width), (None, "embed")) if cfg.positions == "learned" else None
         self.segments = _param(rngs, (cfg.segments, cfg.width), (None, "embed"))
         self.embedding_norm = _layer_norm(cfg.width, rngs)
         self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
@@ -208,7 +232,9 @@ class Bert(nnx.Module):
         if tokens.shape[1] > self.cfg.context:
             raise ValueError(f"{tokens.shape[1]} tokens exceed the model's context of {self.cfg.context}")
         drop = nnx.Rngs(dropout=key) if train and self.cfg.dropout > 0 and key is not None else None
-        x = self.tokens[...][tokens] + self.positions[...][: tokens.shape[1]] + self.segments[...][segments]
+        x = self.tokens[...][tokens] + self.segments[...][segments]
+        if self.positions is not None:
+            x = x + self.positions[...][: tokens.shape[1]]
         x = self.embedding_norm(x)  # the residual stream starts at unit scale (see the module docstring)
         if drop is not None:
             x = self.dropout(x, deterministic=False, rngs=drop)

@@ -6,8 +6,8 @@ token embedding (+ learned positions) -> ``layers`` pre-norm blocks
 (weight tying). Attention is causal, through ``jax.nn.dot_product_attention``,
 asking for cuDNN's fused kernel on a GPU (``attention_implementation``: JAX itself
 picks XLA's unfused one unless told); decoding with a cache: ``attend_cached``. Positions are
-learned (GPT-2) or rotary (RoPE: the query/key pairs are rotated by position, so
-scores depend on relative positions).
+learned (GPT-2) or rotary (``zoo.rotary``: the query/key pairs are rotated by
+position, so scores depend on relative positions).
 
 Initialisation is GPT-2's: every weight N(0, 0.02), and the two projections that
 write into the residual stream (attention output, MLP output) N(0, 0.02 / sqrt(2 *
@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from zoo.rotary import rotate
 from zoo.text import VOCAB_SIZE
 
 INIT_STD = 0.02  # GPT-2's
@@ -93,16 +94,6 @@ def _layer_norm(width: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
         scale_init=nnx.with_partitioning(nnx.initializers.ones, ("embed",)),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("embed",)),
     )  # fmt: skip
-
-
-def rotate(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
-    """Rotary position embedding of ``x (B, T, H, K)`` at ``positions int (T,)`` (half-split pairs)."""
-    half = x.shape[-1] // 2
-    frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # (K/2,)
-    angles = positions.astype(jnp.float32)[:, None] * frequencies  # (T, K/2)
-    cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
-    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
-    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
 
 
 def attention_implementation(setting: str, q: jax.Array) -> str:

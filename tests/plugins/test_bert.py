@@ -133,6 +133,30 @@ def test_padded_positions_change_nothing():
     assert not np.allclose(np.asarray(model(changed, segments, valid)[0])[0, :9], mlm[0, :9])
 
 
+def test_rotary_positions_make_the_encoder_see_relative_positions_only():
+    # The same valid tokens placed 5 positions later, behind padding that the mask hides: with rotary
+    # positions every score depends on distances only, so each token's state moves with it unchanged;
+    # BERT's learned table gives each absolute position its own vector, so there they differ.
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(NUM_SPECIAL, 300, (2, 20)).astype(np.int32)
+    segments = (np.arange(20)[None, :] >= 8).astype(np.int32).repeat(2, 0)
+    valid = np.arange(20)[None, :] < 15
+    shifted = tuple(np.roll(a, 5, axis=1) for a in (tokens, segments, valid))
+    for positions, same in (("rotary", True), ("learned", False)):
+        model = small_bert(positions=positions)
+        hidden = np.asarray(model.encode(*map(jnp.asarray, (tokens, segments, valid))))
+        moved = np.asarray(model.encode(*map(jnp.asarray, shifted)))
+        assert np.allclose(moved[:, 5:20], hidden[:, :15], atol=1e-5) == same, positions
+
+
+def test_config_refuses_unknown_positions_and_odd_rotary_heads():
+    with pytest.raises(ValueError, match="positions must be learned or rotary"):
+        BertConfig(positions="sinusoidal")
+    with pytest.raises(ValueError, match="even head width"):
+        BertConfig(width=66, heads=2, positions="rotary")
+    assert BertConfig(width=66, heads=2).head_width == 33  # learned positions, BERT's default, take any width
+
+
 def bert_base_def(mesh_shape: dict[str, int]) -> ModelDef:
     from zoo import registry
     from zoo.config import make_config
@@ -210,10 +234,11 @@ def trained(tmp_path_factory):
     """A tiny BERT trained 800 steps on one repeated sentence: (workdir, corpus, sentence, result).
 
     Masked LM learns from about 15% of the tokens, so it needs more examples than a
-    language model: at batch 8 it stayed at unigram predictions for 2000 steps; at
-    batch 64 it leaves them after about 400 (mlm_accuracy 0.92 at 500 on an AMD EPYC).
-    On a Xeon (AVX512) its different float rounding left one of the masks below at 500
-    steps still unigram-like (" not" for " question"): 800 leaves a margin on both.
+    language model. With learned positions (before the variants became rotary) it
+    stayed at unigram predictions for 2000 steps at batch 8; at batch 64 it left them
+    after about 400 (mlm_accuracy 0.92 at 500 on an AMD EPYC), and on a Xeon (AVX512)
+    its different float rounding left one of the masks below at 500 steps still
+    unigram-like (" not" for " question"): 800 leave a margin.
     """
     corpus, sentence = tiny_corpus(64)
     workdir = tmp_path_factory.mktemp("bert") / "run"
