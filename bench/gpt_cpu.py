@@ -29,7 +29,10 @@ steps/s at batch 32, 1.58 / 1.40 / 1.32 nats/char after 10 / 20 / 30 minutes) th
 loop ran 1.2-1.3 steps/s at batch 32 (``train.precision=bf16``: 1.198, no faster) and
 2.7 at batch 16; ``budget --batch 16 --steps 4600 --warmup 200``: 1.61 / 1.45 on the
 first 64 windows after 10 / 20 minutes, **1.386 on the whole validation split after 29.2
-minutes**: short of PyTorch's 1.32 on that host.
+minutes**: short of PyTorch's 1.32 on that host. PyTorch measured on the same host in
+a later session (``budget --torch --steps 2880 --warmup 100``, batch 32) ran 2.34 steps/s,
+about 1.8x the zoo's step there: 1.48 / 1.33 on the first 64 windows after 10 / 20
+minutes, 1.356 on the whole validation split after its 2,880 steps (20.5 minutes).
 
 XLA:CPU options tried there for a faster step, 100 steps of batch 32 through the loop each
 (steps/s; the same options with ``train.precision=bf16`` where it says so): none
