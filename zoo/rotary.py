@@ -13,6 +13,12 @@ import jax
 import jax.numpy as jnp
 
 
+def check_head_width(head_width: int) -> None:
+    """Raise ``ValueError`` for an odd head width: rotation turns the head's values in pairs."""
+    if head_width % 2:
+        raise ValueError(f"rotary positions need an even head width; got {head_width}")
+
+
 def rotate(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
     """``x (B, T, H, K)`` rotated at ``positions int (T,)``; ``K`` even. Computed in float32, returned in ``x``'s dtype."""
     half = x.shape[-1] // 2

@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from zoo.rotary import rotate
+from zoo.rotary import check_head_width, rotate
 
 INIT_STD = 0.02
 NSP_CLASSES = 2  # 0: random segment, 1: true continuation
@@ -90,8 +90,8 @@ class BertConfig:
             raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
         if self.positions not in ("learned", "rotary"):
             raise ValueError(f"positions must be learned or rotary; got {self.positions!r}")
-        if self.positions == "rotary" and self.head_width % 2:
-            raise ValueError(f"rotary positions need an even head width; got {self.head_width}")
+        if self.positions == "rotary":
+            check_head_width(self.head_width)
         if self.context < 5:
             raise ValueError(f"context {self.context} cannot hold [CLS] A [SEP] B [SEP] with a token in each segment")
         if not 0.0 <= self.dropout < 1.0:

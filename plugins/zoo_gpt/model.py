@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from zoo.rotary import rotate
+from zoo.rotary import check_head_width, rotate
 from zoo.text import VOCAB_SIZE
 
 INIT_STD = 0.02  # GPT-2's
@@ -68,8 +68,8 @@ class GPTConfig:
             raise ValueError("vocab_size, context, layers, width, heads, mlp_ratio and vocab_multiple must be positive")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
-        if self.positions == "rotary" and (self.width // self.heads) % 2:
-            raise ValueError(f"rotary positions need an even head width; got {self.width // self.heads}")
+        if self.positions == "rotary":
+            check_head_width(self.width // self.heads)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
         if self.attention not in ("auto", "xla", "cudnn"):

@@ -67,6 +67,12 @@ def test_cached_decoding_gives_the_tokens_of_full_recomputation(positions, tempe
     assert np.array_equal(cached, recomputed)
 
 
+def test_rotary_positions_refuse_an_odd_head_width():
+    with pytest.raises(ValueError, match="even head width; got 33"):
+        GPTConfig(width=66, heads=2, positions="rotary")
+    assert GPTConfig(width=66, heads=2).head_width == 33  # learned positions take any width
+
+
 def test_sampling_is_reproducible_and_seeded():
     model = small_gpt()
     first = decode.sample(model, jax.random.key(0), 2, prompt="ROMEO:", length=30)
