@@ -45,6 +45,30 @@ under oneDNN/XNNPACK, so those paths did not take these dots. ``--xla_cpu_prefer
 ran 1.52 once, but side by side in interleaved rounds (2 x 100 steps at batch 16; BERT-tiny
 2 x 200 at batch 32) it gave 0.97x and 0.98x the default's steps/s: noise, not a gain.
 
+Where XLA:CPU's step loses, profiled op by op on that host (a ``jax.profiler`` trace of the
+bare step at batch 32 against ``torch.profiler``'s of PyTorch's): no single op. Alone, the step's matrix products run 0.7-0.95x as
+fast as PyTorch's (XLA's default YNNPACK dots; 300-310 GFLOP/s on the plain (N, K) x (K, M)
+products of the MLP, 220-230 where an operand is transposed, as in the gradients); inside
+the step two independent products often share the two cores and each runs about half
+as fast. Attention is where the gap is widest: forward and backward of one layer take
+34 ms through ``jax.nn.dot_product_attention`` (20 ms written as batched products over
+(B, H, T, K)) against 10.5 ms for PyTorch's fused CPU kernel, which skips the masked half.
+On one core the whole step runs 0.87x PyTorch's (1.01 against 1.15 steps/s, XLA's Eigen
+dots), on two 0.65-0.7x. Compiled with ``xla_cpu_experimental_ynn_fusion_type=""`` (Eigen
+for the dots instead of YNNPACK) the step ran 1.04-1.09x as many steps per second, in
+interleaved chunks of one process at batch 8, 16 and 32; fusing q, k and v into one
+product and writing attention over (B, H, T, K) gave 1.01-1.06x. Neither closes the gap.
+
+``train.optimizer=muon`` (Muon on the GPT's projections, AdamW on the embeddings and norms;
+AdamW's learning rate and decay carry over) costs more per step here (five Newton-Schulz
+iterations per matrix: 2.2 against 3.2-3.4 steps/s at batch 16) but learns more per step:
+``budget --batch 16 --steps 3200 --warmup 200 --chunk 400 --set train.optimizer=muon`` (AdamW's
+2e-3 and decay 0.1 otherwise, the same schedule) read 1.474 / 1.319 on the first 64 windows
+after 9.2 / 18.4 minutes and **1.304 on the whole validation split after 24.4 minutes**:
+past PyTorch's 1.32 after 30 (and its 1.356 after 20.5 on this host). AdamW in the same
+loop: 1.386 after 29.2 minutes at batch 16 (above), 1.402 after 25.7 at batch 8 (9,600
+steps, b2 0.99, cosine to 0).
+
     python bench/gpt_cpu.py [speed] [--batch 32] [--steps 60] [--rounds 3]
     python bench/gpt_cpu.py budget [--steps 2000] [--chunk 200] [--eval-windows 64] [--set train.precision=bf16 ...]
     python bench/gpt_cpu.py budget --torch [--steps 2000] ...   (the same, the PyTorch reference: torch_gpt.py)

@@ -29,8 +29,13 @@ def _key(key: Any) -> Any:
     return key
 
 
+def keys(key_path: tuple) -> tuple:
+    """A jax key path (``DictKey("blocks"), SequenceKey(0), ...``) -> the path ``("blocks", 0, ...)``."""
+    return tuple(map(_key, key_path))
+
+
 def tree_paths(tree: Any) -> dict[str, Any]:
     """Flatten a pytree of nested dicts (lists, NamedTuples) to ``{"params/encoder/kernel": leaf}``."""
     import jax
 
-    return {name(tuple(map(_key, path))): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {name(keys(path)): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}

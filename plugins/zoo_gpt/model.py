@@ -13,6 +13,8 @@ Initialisation is GPT-2's: every weight N(0, 0.02), and the two projections that
 write into the residual stream (attention output, MLP output) N(0, 0.02 / sqrt(2 *
 layers)) so the residual's variance stays put with depth; LayerNorms 1 and 0. No
 biases in the dense layers (nanoGPT measured them as slightly worse and slower).
+The projections are marked as matrices by their input axes (``MATRIX_INPUTS``), so
+``train.optimizer=muon`` orthogonalises their updates; the embeddings stay with AdamW.
 
 Logical axes (``zoo.sharding``): ``embed`` is the model width (FSDP splits it),
 ``heads`` and ``mlp`` are what tensor parallelism splits (Megatron: column-split
@@ -37,6 +39,7 @@ from flax import nnx
 
 from zoo.rotary import check_head_width, rotate
 from zoo.text import VOCAB_SIZE
+from zoo.training import MATRIX_INPUTS
 
 INIT_STD = 0.02  # GPT-2's
 Cache = tuple[jax.Array, jax.Array]
@@ -84,8 +87,12 @@ class GPTConfig:
         return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
-def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float = INIT_STD) -> nnx.Param:
-    return nnx.Param(std * jax.random.normal(rngs.params(), shape), out_sharding=axes)
+def _param(
+    rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float = INIT_STD, inputs: tuple[int, ...] | None = None
+) -> nnx.Param:
+    """N(0, std) weights; ``inputs``: the axes a layer contracts with its input (a matrix, for Muon)."""
+    marks = {MATRIX_INPUTS: inputs} if inputs else {}
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape), out_sharding=axes, **marks)
 
 
 def _layer_norm(width: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -147,10 +154,10 @@ class Attention(nnx.Module):
     def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
         d, h, k = cfg.width, cfg.heads, cfg.head_width
         self.cfg = cfg
-        self.query = _param(rngs, (d, h, k), ("embed", "heads", "kv"))
-        self.key = _param(rngs, (d, h, k), ("embed", "heads", "kv"))
-        self.value = _param(rngs, (d, h, k), ("embed", "heads", "kv"))
-        self.out = _param(rngs, (h, k, d), ("heads", "kv", "embed"), INIT_STD / math.sqrt(2 * cfg.layers))
+        self.query = _param(rngs, (d, h, k), ("embed", "heads", "kv"), inputs=(0,))
+        self.key = _param(rngs, (d, h, k), ("embed", "heads", "kv"), inputs=(0,))
+        self.value = _param(rngs, (d, h, k), ("embed", "heads", "kv"), inputs=(0,))
+        self.out = _param(rngs, (h, k, d), ("heads", "kv", "embed"), INIT_STD / math.sqrt(2 * cfg.layers), inputs=(0, 1))
 
     def project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``x (B, T, D)`` -> queries, keys, values ``(B, T, H, K)`` (keys and queries rotated if rotary)."""
@@ -186,8 +193,8 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
         f = cfg.mlp_ratio * cfg.width
-        self.up = _param(rngs, (cfg.width, f), ("embed", "mlp"))
-        self.down = _param(rngs, (f, cfg.width), ("mlp", "embed"), INIT_STD / math.sqrt(2 * cfg.layers))
+        self.up = _param(rngs, (cfg.width, f), ("embed", "mlp"), inputs=(0,))
+        self.down = _param(rngs, (f, cfg.width), ("mlp", "embed"), INIT_STD / math.sqrt(2 * cfg.layers), inputs=(0,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(B, T, D)`` -> ``(B, T, D)``, GPT-2's tanh GELU between the two layers."""

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Literal
 
 import jax
 import optax
+from optax.contrib import MuonDimensionNumbers
 
+from zoo import paths
 from zoo.attacks import Attack
 from zoo.errors import UsageError
 from zoo.training import freeze
@@ -25,7 +28,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 128
     seed: int = 0
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "adam", "sgd", "muon"] = "adamw"  # muon: see make_optimizer
     learning_rate: float = 1e-3
     weight_decay: float = 0.0  # adamw's decoupled decay; 0 makes it Adam
     b1: float = 0.9  # Adam's beta1, or SGD's momentum
@@ -108,8 +111,20 @@ def random_stream(seed: int, name: str) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), STREAMS[name])
 
 
-def make_optimizer(cfg: TrainConfig, learning_rate: float | None = None) -> optax.GradientTransformation:
-    """The optax transformation ``cfg`` describes: clip -> optimizer with the schedule."""
+MUON_RMS = 0.2
+"""Muon's updates are scaled to AdamW's typical RMS (Liu et al., 2025, "Muon is scalable"), so a
+learning rate and weight decay tuned for AdamW carry over to ``train.optimizer=muon``."""
+
+
+def make_optimizer(
+    cfg: TrainConfig, learning_rate: float | None = None, matrices: Mapping[tuple, tuple[int, ...]] | None = None
+) -> optax.GradientTransformation:
+    """The optax transformation ``cfg`` describes: clip -> optimizer with the schedule.
+
+    ``matrices`` (``ModelDef.matrix_inputs``) maps the path of each parameter the model
+    marks as a matrix to its input axes: with ``optimizer="muon"`` those train with Muon,
+    every other parameter (embeddings, norms, biases) with AdamW.
+    """
     peak = learning_rate if learning_rate is not None else cfg.learning_rate
     if cfg.schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(
@@ -119,10 +134,34 @@ def make_optimizer(cfg: TrainConfig, learning_rate: float | None = None) -> opta
         lr = optax.join_schedules([optax.linear_schedule(0.0, peak, cfg.warmup_steps), optax.constant_schedule(peak)], [cfg.warmup_steps])
     else:
         lr = peak
-    if cfg.optimizer == "adamw" and cfg.weight_decay:
+    if cfg.optimizer == "muon":
+        opt = _muon(cfg, lr, matrices or {})
+    elif cfg.optimizer == "adamw" and cfg.weight_decay:
         opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
     elif cfg.optimizer in ("adam", "adamw"):  # adamw without decay is Adam, minus a pass adding 0 * params
         opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
     else:
         opt = optax.sgd(lr, momentum=cfg.b1 or None)
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt) if cfg.grad_clip else opt
+
+
+def _muon(cfg: TrainConfig, lr: optax.ScalarOrSchedule, matrices: Mapping[tuple, tuple[int, ...]]) -> optax.GradientTransformation:
+    """Muon (Jordan et al., 2024) on ``matrices``, AdamW (``b1``, ``b2``) on the rest; one rate and decay for both.
+
+    Muon replaces each matrix's momentum (Nesterov, 0.95) by the nearest semi-orthogonal
+    matrix (five Newton-Schulz steps), with the input axes as its rows and the others as
+    its columns. optax gives the AdamW half Nesterov momentum too (NAdamW).
+    """
+
+    def dimension_numbers(params: Mapping) -> Mapping:
+        def spec(path: tuple, leaf: jax.Array) -> MuonDimensionNumbers | None:
+            inputs = matrices.get(paths.keys(path))
+            outputs = tuple(a for a in range(leaf.ndim) if inputs is not None and a not in inputs)
+            return MuonDimensionNumbers(inputs, outputs) if inputs is not None else None
+
+        return jax.tree_util.tree_map_with_path(spec, params)
+
+    return optax.contrib.muon(
+        lr, weight_decay=cfg.weight_decay, adam_b1=cfg.b1, adam_b2=cfg.b2, adam_weight_decay=cfg.weight_decay,
+        consistent_rms=MUON_RMS, muon_weight_dimension_numbers=dimension_numbers,
+    )  # fmt: skip

@@ -24,7 +24,7 @@ from zoo.reporting import MetricSums, Reporter
 from zoo.training import freeze
 from zoo.training.config import make_optimizer, random_stream
 from zoo.training.lock import workdir_lock
-from zoo.training.model_def import ModelDef, flatten
+from zoo.training.model_def import MATRIX_INPUTS, MatrixMarkError, ModelDef, flatten
 from zoo.training.objectives import Objective, objective_groups
 from zoo.training.state import StepContext, TrainState, train_item, weights_for_use
 from zoo.training.step import loop_call, make_train_step
@@ -59,11 +59,20 @@ class Loop:
         self.run, self.cfg = run, run.train
         cfg = self.cfg
         groups = objective_groups(objective)
-        self.model_def = ModelDef.create(run.build, self.mesh, [g.params for g in groups])
+        try:
+            self.model_def = ModelDef.create(run.build, self.mesh, [g.params for g in groups])
+        except MatrixMarkError as e:
+            raise ZooError(f"plugin {run.plugin.name!r}: {e}") from None
         if not any(self.model_def.groups):
             raise ZooError(f"plugin {run.plugin.name!r}: the objective's parameter filters select no parameters")
         self.freeze_line = self._freeze(groups) if cfg.freeze else None
-        self.ctx = StepContext(self.model_def, tuple(make_optimizer(cfg, g.learning_rate) for g in groups), cfg)
+        matrices = self.model_def.matrix_inputs
+        if cfg.optimizer == "muon" and not self.model_def.trained & matrices.keys():
+            raise UsageError(
+                f"train.optimizer=muon: plugin {run.plugin.name!r} marks none of the parameters it trains as a matrix "
+                f"(nnx.Param metadata {MATRIX_INPUTS}); use adamw"
+            )
+        self.ctx = StepContext(self.model_def, tuple(make_optimizer(cfg, g.learning_rate, matrices) for g in groups), cfg)
         self.state_shardings = self.ctx.state_shardings(self.mesh)
         self.replicated = sharding.replicated(self.mesh)
         self.store = checkpoint.StepDirectory(run.workdir / "checkpoints")

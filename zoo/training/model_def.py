@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, traverse_util
 
-from zoo import memory, sharding
+from zoo import memory, paths, sharding
 
 
 def flatten(tree: Mapping) -> dict[tuple, Any]:
@@ -25,6 +25,30 @@ def flatten(tree: Mapping) -> dict[tuple, Any]:
 def unflatten(flat: Mapping[tuple, Any]) -> dict:
     """The inverse of ``flatten``."""
     return traverse_util.unflatten_dict(dict(flat)) if flat else {}
+
+
+class MatrixMarkError(ValueError):
+    """A parameter's ``MATRIX_INPUTS`` does not fit its shape (a plugin's mistake: the loop names the plugin)."""
+
+
+MATRIX_INPUTS = "matrix_inputs"
+"""The ``nnx.Param`` metadata that marks a weight as a matrix for ``train.optimizer=muon``: the
+axes the layer contracts with its input (``nnx.Param(w, matrix_inputs=(0,))`` for ``x @ w``;
+``(0, 1)`` for an ``(H, K, D)`` attention output). Unmarked parameters train with AdamW."""
+
+
+def matrix_inputs(state: nnx.State) -> dict[tuple, tuple[int, ...]]:
+    """``{path: input axes}`` of the parameters marked with ``MATRIX_INPUTS``, checked against their shapes."""
+    marked = {}
+    for path, variable in nnx.to_flat_state(state):
+        inputs = variable.get_metadata().get(MATRIX_INPUTS)
+        if inputs is None:
+            continue
+        inputs, ndim = tuple(inputs), len(variable.shape)
+        if not inputs or len(set(inputs)) != len(inputs) or not all(0 <= a < ndim for a in inputs) or len(inputs) == ndim:
+            raise MatrixMarkError(f"{paths.name(path)}: {MATRIX_INPUTS}={inputs} must name some but not all of its {ndim} axes")
+        marked[tuple(path)] = inputs
+    return marked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +66,8 @@ class ModelDef:
     shardings: dict  # pure dict of NamedSharding
     groups: tuple[frozenset, ...]
     frozen: frozenset = frozenset()
+    matrix_inputs: Mapping[tuple, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    """Path -> input axes of each parameter the model marks as a matrix (``MATRIX_INPUTS``); Muon's."""
 
     @classmethod
     def create(cls, build: Callable[[], nnx.Module], mesh: jax.sharding.Mesh, filters: Sequence[Any]) -> ModelDef:
@@ -53,15 +79,15 @@ class ModelDef:
         groups = []
         for f in filters:
             _, chosen, _ = nnx.split(model, f, ...)
-            paths = frozenset(flatten(nnx.to_pure_dict(chosen))) - claimed
-            claimed |= paths
-            groups.append(paths)
-        return cls(graphdef, nnx.to_pure_dict(state), sharding.state_shardings(state, mesh), tuple(groups))
+            found = frozenset(flatten(nnx.to_pure_dict(chosen))) - claimed
+            claimed |= found
+            groups.append(found)
+        return cls(graphdef, nnx.to_pure_dict(state), sharding.state_shardings(state, mesh), tuple(groups), matrix_inputs=matrix_inputs(state))
 
     def partition(self, variables: Mapping) -> tuple[tuple[dict, ...], dict]:
         """All variables -> (one dict per group, the rest)."""
         flat = flatten(variables)
-        parts = tuple(unflatten({p: flat[p] for p in paths}) for paths in self.groups)
+        parts = tuple(unflatten({p: flat[p] for p in group}) for group in self.groups)
         claimed = self.trained
         return parts, unflatten({p: v for p, v in flat.items() if p not in claimed})
 

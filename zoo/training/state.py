@@ -67,8 +67,14 @@ class StepContext:
         model_def = self.model_def
         group_shardings, rest_shardings = model_def.partition(model_def.shardings)
         group_abstract, _ = model_def.partition(model_def.abstract)
+        # Partitioned optimizers (Muon: AdamW for some parameters) hold a MaskedNode where a
+        # parameter is another partition's: it holds no array and keeps its place.
+        masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
         opt_shardings = tuple(
-            optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, p), sh, transform_non_params=lambda _: replicated)
+            optax.tree_map_params(
+                tx, lambda p, s: p if masked(p) else s, jax.eval_shape(tx.init, p), sh,
+                transform_non_params=lambda _: replicated, is_leaf=masked,
+            )  # fmt: skip
             for tx, p, sh in zip(self.optimizers, group_abstract, group_shardings)
         )
         return TrainState(
