@@ -65,7 +65,9 @@ iterations per matrix: 2.2 against 3.2-3.4 steps/s at batch 16) but learns more 
 ``budget --batch 16 --steps 3200 --warmup 200 --chunk 400 --set train.optimizer=muon`` (AdamW's
 2e-3 and decay 0.1 otherwise, the same schedule) read 1.474 / 1.319 on the first 64 windows
 after 9.2 / 18.4 minutes and **1.304 on the whole validation split after 24.4 minutes**:
-past PyTorch's 1.32 after 30 (and its 1.356 after 20.5 on this host). AdamW in the same
+past PyTorch's 1.32 after 30 (and its 1.356 after 20.5 on this host). Given the whole
+30 minutes (``--steps 3800``): 1.478 / 1.334 on the 64 windows after 9.4 / 18.8 minutes,
+**1.290 on the whole validation split after 29.3**. AdamW in the same
 loop: 1.386 after 29.2 minutes at batch 16 (above), 1.402 after 25.7 at batch 8 (9,600
 steps, b2 0.99, cosine to 0).
 

@@ -156,8 +156,9 @@ def _muon(cfg: TrainConfig, lr: optax.ScalarOrSchedule, matrices: Mapping[tuple,
     def dimension_numbers(params: Mapping) -> Mapping:
         def spec(path: tuple, leaf: jax.Array) -> MuonDimensionNumbers | None:
             inputs = matrices.get(paths.keys(path))
-            outputs = tuple(a for a in range(leaf.ndim) if inputs is not None and a not in inputs)
-            return MuonDimensionNumbers(inputs, outputs) if inputs is not None else None
+            if inputs is None:  # not a matrix: AdamW's
+                return None
+            return MuonDimensionNumbers(inputs, tuple(a for a in range(leaf.ndim) if a not in inputs))
 
         return jax.tree_util.tree_map_with_path(spec, params)
 
