@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from zoo.matrices import MATRIX_INPUTS
 from zoo.rotary import check_head_width, rotate
 from zoo.text import VOCAB_SIZE
-from zoo.training import MATRIX_INPUTS
 
 INIT_STD = 0.02  # GPT-2's
 Cache = tuple[jax.Array, jax.Array]
@@ -72,7 +72,7 @@ class GPTConfig:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
         if self.positions == "rotary":
-            check_head_width(self.width // self.heads)
+            check_head_width(self.head_width)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
         if self.attention not in ("auto", "xla", "cudnn"):

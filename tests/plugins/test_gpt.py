@@ -13,9 +13,9 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from zoo import api, sharding
+from zoo import api, paths, sharding
 from zoo.training import ModelDef
-from zoo.training.model_def import matrix_inputs
+from zoo.matrices import matrix_inputs
 from zoo_gpt import decode
 from zoo_gpt.model import GPT, GPTConfig, attention_implementation
 
@@ -174,7 +174,7 @@ def test_gpt_marks_its_projections_as_matrices_and_not_its_embeddings():
     """What ``train.optimizer=muon`` orthogonalises: every projection by its input axes; never the embeddings."""
     with nnx.use_eager_sharding(False):
         model = nnx.eval_shape(lambda: GPT(GPTConfig(**SMALL), nnx.Rngs(0)))
-    marked = {"/".join(map(str, p)): axes for p, axes in matrix_inputs(nnx.state(model)).items()}
+    marked = {paths.name(p): axes for p, axes in matrix_inputs(nnx.state(model)).items()}
     per_block = {"attention/query": (0,), "attention/key": (0,), "attention/value": (0,), "attention/out": (0, 1), "mlp/up": (0,), "mlp/down": (0,)}
     assert marked == {f"blocks/{i}/{name}": axes for i in range(SMALL["layers"]) for name, axes in per_block.items()}
 

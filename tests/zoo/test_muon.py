@@ -15,8 +15,8 @@ from helpers import assert_one_line_error, run_main
 
 import zoo
 from zoo.errors import ZooError
-from zoo.training import MATRIX_INPUTS, TrainConfig, make_optimizer
-from zoo.training.model_def import MatrixMarkError, matrix_inputs
+from zoo.matrices import MATRIX_INPUTS, MatrixMarkError, matrix_inputs
+from zoo.training import TrainConfig, make_optimizer
 from zoo_gpt import model as gpt_model
 
 LR = 0.01

@@ -30,7 +30,7 @@ Design:
   state's ``rest``: no gradient, no optimizer state, bitwise unchanged (``freeze``).
 
 Modules: ``config`` (TrainConfig, make_optimizer), ``freeze`` (train.freeze), ``objectives`` (Loss, Group,
-Groups, CustomStep), ``model_def`` (ModelDef, MATRIX_INPUTS: the weights Muon treats as matrices), ``state`` (TrainState,
+Groups, CustomStep), ``model_def`` (ModelDef), ``state`` (TrainState,
 StepContext), ``step`` (make_train_step, fuse_steps), ``loop`` (Loop, fit,
 TrainResult, Interrupted, NonFiniteLoss), ``run`` (Run and run.json).
 """
@@ -38,14 +38,13 @@ TrainResult, Interrupted, NonFiniteLoss), ``run`` (Run and run.json).
 from zoo.training.config import TrainConfig, make_optimizer
 from zoo.stopping import Interrupted
 from zoo.training.loop import Loop, NonFiniteLoss, TrainResult, fit
-from zoo.training.model_def import MATRIX_INPUTS, ModelDef
+from zoo.training.model_def import ModelDef
 from zoo.training.objectives import AttackableInput, CustomStep, Group, Groups, Loss, LossFn, Objective, objective_groups
 from zoo.training.run import RESUMABLE_CHANGES, RUN_FILE, Run
 from zoo.training.state import StepContext, TrainState, weights_for_use
 from zoo.training.step import fuse_steps, make_train_step
 
 __all__ = [
-    "MATRIX_INPUTS",
     "RESUMABLE_CHANGES",
     "RUN_FILE",
     "AttackableInput",

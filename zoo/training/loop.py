@@ -20,11 +20,12 @@ import jax.numpy as jnp
 from zoo import checkpoint, paths, pretrained, sharding, stopping
 from zoo.data.loader import ArrayLoader, DeviceRows, Prefetcher, fits_on_devices
 from zoo.errors import UsageError, ZooError
+from zoo.matrices import MATRIX_INPUTS, MatrixMarkError
 from zoo.reporting import MetricSums, Reporter
 from zoo.training import freeze
 from zoo.training.config import make_optimizer, random_stream
 from zoo.training.lock import workdir_lock
-from zoo.training.model_def import MATRIX_INPUTS, MatrixMarkError, ModelDef, flatten
+from zoo.training.model_def import ModelDef, flatten
 from zoo.training.objectives import Objective, objective_groups
 from zoo.training.state import StepContext, TrainState, train_item, weights_for_use
 from zoo.training.step import loop_call, make_train_step

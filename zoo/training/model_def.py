@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, traverse_util
 
-from zoo import memory, paths, sharding
+from zoo import memory, sharding
+from zoo.matrices import matrix_inputs
 
 
 def flatten(tree: Mapping) -> dict[tuple, Any]:
@@ -25,30 +26,6 @@ def flatten(tree: Mapping) -> dict[tuple, Any]:
 def unflatten(flat: Mapping[tuple, Any]) -> dict:
     """The inverse of ``flatten``."""
     return traverse_util.unflatten_dict(dict(flat)) if flat else {}
-
-
-class MatrixMarkError(ValueError):
-    """A parameter's ``MATRIX_INPUTS`` does not fit its shape (a plugin's mistake: the loop names the plugin)."""
-
-
-MATRIX_INPUTS = "matrix_inputs"
-"""The ``nnx.Param`` metadata that marks a weight as a matrix for ``train.optimizer=muon``: the
-axes the layer contracts with its input (``nnx.Param(w, matrix_inputs=(0,))`` for ``x @ w``;
-``(0, 1)`` for an ``(H, K, D)`` attention output). Unmarked parameters train with AdamW."""
-
-
-def matrix_inputs(state: nnx.State) -> dict[tuple, tuple[int, ...]]:
-    """``{path: input axes}`` of the parameters marked with ``MATRIX_INPUTS``, checked against their shapes."""
-    marked = {}
-    for path, variable in nnx.to_flat_state(state):
-        inputs = variable.get_metadata().get(MATRIX_INPUTS)
-        if inputs is None:
-            continue
-        inputs, ndim = tuple(inputs), len(variable.shape)
-        if not inputs or len(set(inputs)) != len(inputs) or not all(0 <= a < ndim for a in inputs) or len(inputs) == ndim:
-            raise MatrixMarkError(f"{paths.name(path)}: {MATRIX_INPUTS}={inputs} must name some but not all of its {ndim} axes")
-        marked[tuple(path)] = inputs
-    return marked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +44,7 @@ class ModelDef:
     groups: tuple[frozenset, ...]
     frozen: frozenset = frozenset()
     matrix_inputs: Mapping[tuple, tuple[int, ...]] = dataclasses.field(default_factory=dict)
-    """Path -> input axes of each parameter the model marks as a matrix (``MATRIX_INPUTS``); Muon's."""
+    """Path -> input axes of each parameter the model marks as a matrix (``zoo.matrices``); Muon's."""
 
     @classmethod
     def create(cls, build: Callable[[], nnx.Module], mesh: jax.sharding.Mesh, filters: Sequence[Any]) -> ModelDef:
